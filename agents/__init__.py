@@ -1,0 +1,1 @@
+"""Training loops for k-subset policies (installed as ``subset_rl.agents``)."""

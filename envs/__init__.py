@@ -1,0 +1,1 @@
+"""Gymnasium environments with k-hot actions (installed as ``subset_rl.envs``)."""
