@@ -270,10 +270,10 @@ class KSubsetPolicy(Distribution):
 
     def _sample_gumbel(self, flat: Tensor, num: int, generator: torch.Generator | None) -> Tensor:
         with torch.no_grad():
-            u = torch.rand((num,) + flat.shape, dtype=flat.dtype, device=flat.device,
-                           generator=generator)
-            tiny = torch.finfo(flat.dtype).tiny
-            gumbel = -torch.log(-torch.log(u.clamp_min(tiny)).clamp_min(tiny))
+            # Gumbel(0, 1) = -log(E) with E ~ Exp(1).
+            e = torch.empty((num,) + flat.shape, dtype=flat.dtype, device=flat.device)
+            e.exponential_(generator=generator)
+            gumbel = -torch.log(e.clamp_min(torch.finfo(flat.dtype).tiny))
             scores = flat + gumbel
             out = torch.zeros_like(scores)
             if self.k == 0:

@@ -73,7 +73,7 @@ Method = Literal["auto", "tree", "dft"]
 METHODS: tuple[str, ...] = ("auto", "tree", "dft")
 
 # Polynomials shorter than this are multiplied directly (exact, non-negative); longer ones by FFT.
-_DIRECT_MAX_LEN = 48
+_DIRECT_MAX_LEN = 9
 # Newton iterations for the centring shift (the shift needs to be good, not exact).
 _SHIFT_ITERS = 12
 
@@ -124,14 +124,16 @@ def centering_shift(logits: Tensor, k: int) -> Tensor:
 # Tree of Poisson-binomial pmfs
 # --------------------------------------------------------------------------------------------
 def _polymul_direct(a: Tensor, b: Tensor, length: int) -> Tensor:
-    """Coefficients ``[0, length)`` of ``a * b`` along the last dim (equal lengths ``L``)."""
+    """Coefficients ``[0, length)`` of ``a * b`` along the last dim (equal short lengths ``L``).
+
+    A sum of ``L`` shifted copies of ``b``: exact up to rounding and non-negative for pmfs.
+    """
     L = a.shape[-1]
-    outer = a.unsqueeze(-1) * b.unsqueeze(-2)  # (..., L, L): outer[i, j] = a_i b_j
-    # Skew so that entry (i, j) lands in column i + j, then sum the rows.
-    padded = torch.nn.functional.pad(outer, (0, L))  # (..., L, 2L)
-    flat = padded.flatten(-2)[..., : L * (2 * L - 1)]
-    skewed = flat.unflatten(-1, (L, 2 * L - 1))
-    return skewed.sum(-2)[..., :length]
+    pad = torch.nn.functional.pad
+    out = pad(a[..., :1] * b, (0, L - 1))
+    for i in range(1, L):
+        out = out + pad(a[..., i : i + 1] * b, (i, L - 1 - i))
+    return out[..., :length]
 
 
 def _polymul_fft(a: Tensor, b: Tensor, length: int) -> Tensor:
@@ -145,31 +147,41 @@ def _polymul_fft(a: Tensor, b: Tensor, length: int) -> Tensor:
 
 
 def poisson_binomial_pmf_tree(
-    theta: Tensor, k: int, *, clean: bool = False
-) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
-    r"""All node pmfs of a balanced product tree of Bernoulli pmfs, truncated at degree ``k``.
+    shifted: Tensor, k: int, *, clean: bool = False
+) -> tuple[list[Tensor], Tensor, list[tuple[Tensor, Tensor]]]:
+    r"""All node polynomials of a balanced product tree of Bernoulli factors, truncated at ``k``.
 
-    The ``n`` items are padded with :math:`\theta = 0` items to a power of two ``N``. Level
-    ``j`` holds, for each of the ``N / 2^j`` nodes, the pmf of the number of successes among the
-    node's ``2^j`` items, coefficients ``0..min(2^j, k)``. Entries outside the node's feasible
-    count range ``[#{theta == 1}, #{theta > 0}]`` are exactly zero.
+    Item ``i`` contributes the factor :math:`1 + r_i x` with :math:`r_i = e^{x_i}`
+    (:math:`x` the shifted logits), stored as ``[e^{-x_i^+}, e^{x_i - x_i^+}]`` with log-scale
+    :math:`x_i^+ = \max(x_i, 0)`: both entries are exact exponentials, so no ``1 - theta`` is
+    ever rounded (whose correlated rounding errors would add up over thousands of items). The
+    ``n`` items are padded with :math:`r = 0` items to a power of two ``N``; level ``j`` holds,
+    for each of the ``N / 2^j`` nodes, the coefficients ``0..min(2^j, k)`` of the product of its
+    ``2^j`` factors, divided by their maximum; the divisors are accumulated (detached, float64)
+    as a log-scale per node. Each node's coefficients are proportional to the Poisson-binomial
+    pmf of the number of successes among its items, and entries outside the node's feasible
+    count range are exactly zero.
 
     Args:
-        theta: ``(B, n)`` success probabilities in ``[0, 1]``.
+        shifted: ``(B, n)`` shifted logits (``-inf`` for masked items, no ``+inf``).
         k: truncation degree (the count of interest).
         clean: clamp FFT round-off below zero to zero (for sampling tables; breaks gradients).
 
     Returns:
-        ``(levels, bounds)``: ``levels[j]`` has shape ``(B, N / 2^j, min(2^j, k) + 1)``;
-        ``bounds[j] = (lo, hi)``, integer tensors ``(B, N / 2^j)`` of feasible counts.
+        ``(levels, log_scale, bounds)``: ``levels[j]`` has shape
+        ``(B, N / 2^j, min(2^j, k) + 1)``; ``log_scale`` is the root's ``(B,)`` float64
+        log-scale, so that :math:`\log e_k(e^{x}) = \log` ``levels[-1][:, 0, k]`` ``+ log_scale``;
+        ``bounds[j] = (lo, hi)`` are integer tensors ``(B, N / 2^j)`` of feasible counts.
     """
-    B, n = theta.shape
+    B, n = shifted.shape
     N = 1 << max(0, (n - 1).bit_length())
     if N > n:
-        theta = torch.nn.functional.pad(theta, (0, N - n))
-    x = torch.stack([1 - theta, theta], dim=-1)  # (B, N, 2)
-    hi = (theta > 0).to(torch.int64)
-    lo = (theta >= 1).to(torch.int64)
+        shifted = torch.nn.functional.pad(shifted, (0, N - n), value=-math.inf)
+    pos = shifted.detach().clamp_min(0)
+    x = torch.stack([torch.exp(-pos), torch.exp(shifted - pos)], dim=-1)  # (B, N, 2)
+    scale = pos.double()
+    hi = (x[..., 1] > 0).to(torch.int64)
+    lo = (x[..., 0] == 0).to(torch.int64)
     levels = [x]
     bounds = [(lo, hi)]
     while x.shape[1] > 1:
@@ -178,6 +190,7 @@ def poisson_binomial_pmf_tree(
         length = min(2 * L - 1, k + 1)
         lo = lo[:, 0::2] + lo[:, 1::2]
         hi = hi[:, 0::2] + hi[:, 1::2]
+        scale = scale[:, 0::2] + scale[:, 1::2]
         if L <= _DIRECT_MAX_LEN:
             x = _polymul_direct(a, b, length)
         else:
@@ -187,14 +200,18 @@ def poisson_binomial_pmf_tree(
             x = x * support
             if clean:
                 x = x.clamp_min(0)
+        top = x.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        x = x / top
+        scale = scale + top.squeeze(-1).double().log()
         levels.append(x)
         bounds.append((lo, hi))
-    return levels, bounds
+    return levels, scale[:, 0], bounds
 
 
-def _log_pb_tree(theta: Tensor, k: int) -> Tensor:
-    levels, _ = poisson_binomial_pmf_tree(theta, k)
-    return torch.log(levels[-1][:, 0, k])
+def _log_esp_tree(shifted: Tensor, k: int) -> Tensor:
+    """``log e_k(exp(shifted))`` by the product tree."""
+    levels, log_scale, _ = poisson_binomial_pmf_tree(shifted, k)
+    return torch.log(levels[-1][:, 0, k]) + log_scale.to(shifted.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,12 +289,14 @@ def _log_normalizer_2d(logits: Tensor, k: int, method: str) -> Tensor:
     # towards 1 and log PB_k + sum softplus - k c = sum_i log sigmoid + softplus = sum of logits.
     c = centering_shift(logits, k)
     shifted = logits + c
-    theta = torch.sigmoid(shifted)
     if method == "auto":
         method = _auto_method(logits.shape[-1], k)
-    log_pb = _log_pb_tree(theta, k) if method == "tree" else _log_pb_dft(theta, k)
-    sp = torch.nn.functional.softplus(shifted)
-    return log_pb + sp.sum(-1) - k * c.squeeze(-1)
+    if method == "tree":
+        log_esp = _log_esp_tree(shifted, k)
+    else:
+        sp = torch.nn.functional.softplus(shifted)
+        log_esp = _log_pb_dft(torch.sigmoid(shifted), k) + sp.sum(-1)
+    return log_esp - k * c.squeeze(-1)
 
 
 def log_normalizer(logits: Tensor, k: int, method: Method = "auto") -> Tensor:
@@ -358,10 +377,7 @@ def sample_conditional_poisson(
         if bool((finite.sum(-1) == k).all()):
             return finite.to(dt).expand(S, B, n).clone()
         c = centering_shift(logits, k)
-        theta = torch.sigmoid(logits + c)
-        # Rows with exactly k available items: theta = 1 on them gives a degenerate pmf tree.
-        theta = torch.where((finite.sum(-1, keepdim=True) == k) & finite, 1.0, theta)
-        levels, bounds = poisson_binomial_pmf_tree(theta, k, clean=True)
+        levels, _, bounds = poisson_binomial_pmf_tree(logits + c, k, clean=True)
         counts = torch.full((S, B, 1), k, dtype=torch.int64, device=dev)
         for level in range(len(levels) - 2, -1, -1):
             pmf = levels[level]  # (B, 2 * nodes, L)

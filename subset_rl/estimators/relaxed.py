@@ -12,7 +12,8 @@ is a draw of sequential sampling without replacement. Its relaxation at temperat
     \alpha^{(j+1)} = \alpha^{(j)} + \log\bigl(1 - a^{(j)}\bigr), \qquad
     \tilde z = \sum_{j=1}^{k} a^{(j)}.
 
-Each round sums to one, so :math:`\sum_i \tilde z_i = k`, and as :math:`\tau \to 0` every
+Each round sums to one, so :math:`\sum_i \tilde z_i = k` (an entry may exceed 1 at high
+temperature, when an item is picked softly in several rounds), and as :math:`\tau \to 0` every
 :math:`a^{(j)}` tends to the one-hot of the j-th largest key, so :math:`\tilde z` tends to the
 k-hot top-k of :math:`g`. The estimator is biased twice: the relaxation, and the fact that Gumbel
 top-k samples sequential-without-replacement rather than the conditional Poisson distribution.
@@ -67,8 +68,10 @@ def relaxed_topk(
         generator: optional ``torch.Generator`` (on the logits' device) for the Gumbel noise.
 
     Returns:
-        ``(..., n)`` relaxed k-hot vector: entries in ``[0, 1]``, each row summing to ``k``.
-        Not exactly k-hot (see :func:`straight_through_topk` for a hard forward pass).
+        ``(..., n)`` relaxed k-hot vector: non-negative entries, each row summing to ``k``.
+        Not exactly k-hot (see :func:`straight_through_topk` for a hard forward pass); at high
+        temperature an entry can exceed 1 (an item picked softly in several rounds), and as
+        :math:`\tau \to 0` the entries tend to the 0/1 top-k of the perturbed keys.
     """
     logits = check_logits(logits)
     k = check_k(k, logits.shape[-1])
