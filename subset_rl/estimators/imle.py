@@ -32,11 +32,14 @@ The gradient is zero unless the step changes the top-k, so :math:`\lambda` trade
 against sparsity (small).
 
 **AIMLE** (Minervini et al. 2023) chooses :math:`\lambda` per row as
-:math:`\lambda = \beta \,\|l\|_2 / \|g\|_2` and adapts :math:`\beta` online: it keeps an
+:math:`\lambda = \beta \,\|l + \epsilon\|_2 / \|g\|_2` and adapts :math:`\beta` online: it keeps an
 exponential moving average :math:`\bar\nu` of the number of non-zero gradient entries per row
 (the gradient density) and after every backward pass sets
 :math:`\beta \leftarrow \max(0, \beta + \eta\,\mathrm{sign}(c - \bar\nu))`, raising the step
 while gradients are sparser than the target :math:`c` and lowering it once they are denser.
+(The paper scales by :math:`\|l\|_2`; we use the perturbed logits :math:`l + \epsilon`, whose
+top-k the step must change, so that :math:`\lambda` does not vanish at :math:`l = 0`, e.g. for
+zero-initialised logits. The two agree when :math:`\|l\| \gg \|\epsilon\|`.)
 
 References:
     * M. Niepert, P. Minervini, L. Franceschi. Implicit MLE: Backpropagating through discrete
@@ -97,7 +100,7 @@ class _StepRule:
     def __init__(self, lambda_: float) -> None:
         self.lambda_ = lambda_
 
-    def step_size(self, logits: Tensor, grad: Tensor) -> Tensor | float:
+    def step_size(self, perturbed: Tensor, grad: Tensor) -> Tensor | float:
         return self.lambda_
 
     def observe(self, grad: Tensor) -> None:
@@ -120,7 +123,7 @@ class _PerturbAndMAP(torch.autograd.Function):
     def backward(ctx: Any, grad_z: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
         logits, noise, z = ctx.saved_tensors
         k, rule = ctx.k, ctx.rule
-        lam = rule.step_size(logits, grad_z)
+        lam = rule.step_size(logits + noise, grad_z)
         lam_safe = lam.clamp_min(torch.finfo(logits.dtype).tiny) if isinstance(lam, Tensor) else lam
         z_minus = topk_khot(logits - lam * grad_z + noise, k)
         if ctx.two_sided:
@@ -171,12 +174,12 @@ class _AdaptiveRule:
     def __init__(self, module: AdaptiveIMLE) -> None:
         self.module = module
 
-    def step_size(self, logits: Tensor, grad: Tensor) -> Tensor:
-        finite = torch.where(torch.isfinite(logits), logits, torch.zeros_like(logits))
+    def step_size(self, perturbed: Tensor, grad: Tensor) -> Tensor:
+        finite = torch.where(torch.isfinite(perturbed), perturbed, torch.zeros_like(perturbed))
         theta_norm = torch.linalg.vector_norm(finite, dim=-1, keepdim=True)
         grad_norm = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
-        beta = self.module.beta.to(device=logits.device, dtype=logits.dtype)
-        ratio = theta_norm / grad_norm.clamp_min(torch.finfo(logits.dtype).tiny)
+        beta = self.module.beta.to(device=perturbed.device, dtype=perturbed.dtype)
+        ratio = theta_norm / grad_norm.clamp_min(torch.finfo(perturbed.dtype).tiny)
         return torch.where(grad_norm > 0, beta * ratio, torch.zeros_like(ratio))
 
     def observe(self, grad: Tensor) -> None:
@@ -187,8 +190,8 @@ class _AdaptiveRule:
 class AdaptiveIMLE(nn.Module):
     r"""AIMLE (Minervini et al. 2023): I-MLE with :math:`\lambda` adapted to a gradient density.
 
-    Per row :math:`\lambda = \beta \|l\|_2 / \|\nabla_z L\|_2` (finite logits only), and in
-    training mode every backward pass updates the state
+    Per row :math:`\lambda = \beta \|l + \epsilon\|_2 / \|\nabla_z L\|_2` (finite entries only),
+    and in training mode every backward pass updates the state
 
     .. math::
 
