@@ -181,7 +181,7 @@ def load_sklearn(name: str) -> Dataset:
     return _load_sklearn_cached(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_sklearn_cached(name: str) -> Dataset:
     import sklearn.datasets
 
