@@ -1,4 +1,4 @@
-"""KSubsetPolicy against independent references: enumeration (small n) and a float64 DP (large n)."""
+"""KSubsetPolicy against independent references: enumeration (small n), float64 DP (large n)."""
 
 from __future__ import annotations
 
