@@ -379,6 +379,8 @@ def sample_conditional_poisson(
         c = centering_shift(logits, k)
         levels, _, bounds = poisson_binomial_pmf_tree(logits + c, k, clean=True)
         counts = torch.full((S, B, 1), k, dtype=torch.int64, device=dev)
+        b_idx = torch.arange(B, device=dev).view(1, B, 1)
+        n_idx = torch.arange(levels[0].shape[1], device=dev).view(1, 1, -1)
         for level in range(len(levels) - 2, -1, -1):
             pmf = levels[level]  # (B, 2 * nodes, L)
             lo, hi = bounds[level]
@@ -394,17 +396,18 @@ def sample_conditional_poisson(
                 u = torch.rand(S, B, nodes, dtype=dt, device=dev, generator=generator)
                 ja = torch.where(m == 1, (u < q).to(torch.int64), m // 2)
             else:
-                j = torch.arange(L, device=dev)
-                idx = m.unsqueeze(-1) - j  # (S, B, nodes, L): index into b
-                valid = (idx >= 0) & (idx < L)
-                bg = torch.gather(
-                    b.unsqueeze(0).expand(S, -1, -1, -1), -1, idx.clamp(0, L - 1)
-                )
-                w = a.unsqueeze(0) * bg * valid
-                cdf = w.cumsum(-1)
+                # win[s, j] = b[(2L - 2 - s) - j] (zero outside 0..L-1): the reversed, padded
+                # b seen through sliding windows, a view. Row s = 2L - 2 - m holds b[m - j].
+                win = torch.nn.functional.pad(b.flip(-1), (L - 1, L - 1)).unfold(-1, L, 1)
+                row = (2 * L - 2 - m).clamp_min(0)  # (S, B, nodes); m <= 2L - 2 always
+                if 2 * L - 1 <= 2 * S:
+                    # Few counts: tabulate the split CDF once per node, shared by all samples.
+                    table = (a.unsqueeze(-2) * win).cumsum(-1)  # (B, nodes, 2L - 1, L)
+                    cdf = table[b_idx, n_idx[:, :, :nodes], row]
+                else:
+                    cdf = (a.unsqueeze(0) * win[b_idx, n_idx[:, :, :nodes], row]).cumsum(-1)
                 u = torch.rand(S, B, nodes, 1, dtype=dt, device=dev, generator=generator)
-                u = u * cdf[..., -1:]
-                ja = (cdf <= u).sum(-1)
+                ja = (cdf <= u * cdf[..., -1:]).sum(-1)
             # Keep the split feasible whatever round-off did (a no-op for a valid draw).
             lo_int = torch.maximum(lo_a.unsqueeze(0), m - hi_b.unsqueeze(0))
             hi_int = torch.minimum(hi_a.unsqueeze(0), m - lo_b.unsqueeze(0))
