@@ -139,10 +139,9 @@ def aimle_spec(warmup_steps: int = 100, warmup_batch: int = 100) -> Spec:
 
 
 def build_specs() -> list[Spec]:
-    specs = [score_spec(1, "exact")]
+    specs = []
     for sampler in ("exact", "gumbel"):
-        specs += [score_spec(n, sampler) for n in (2, 4, 8, 16, 32)]
-    specs.append(score_spec(1, "gumbel"))
+        specs += [score_spec(n, sampler) for n in (1, 2, 4, 8, 16, 32)]
     for tau in (1.0, 0.1):
         specs.append(
             pathwise_spec(
@@ -303,6 +302,7 @@ def plot(summary: list[dict[str, object]], path: Path) -> None:
     ax = axes[2]
     for sampler, colour in (("exact", "tab:blue"), ("gumbel", "tab:orange")):
         sel = [r for r in summary if r["family"] == "score" and r["sampler"] == sampler]
+        sel.sort(key=lambda r: int(str(r["num_samples"])))
         ns = [int(r["num_samples"]) for r in sel]
         for metric, style in (("one_minus_cos", "-o"), ("rel_bias", "--s")):
             ax.errorbar(
@@ -314,6 +314,17 @@ def plot(summary: list[dict[str, object]], path: Path) -> None:
                 label=f"{metric} ({sampler} sampler)",
                 capsize=3,
             )
+    exact = sorted(
+        (r for r in summary if r["family"] == "score" and r["sampler"] == "exact"),
+        key=lambda r: int(str(r["num_samples"])),
+    )
+    ax.plot(
+        [int(str(r["num_samples"])) for r in exact],
+        [float(r["rel_bias_noise_mean"]) for r in exact],
+        ":",
+        color="grey",
+        label="Monte Carlo noise floor of rel_bias (exact)",
+    )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("N (samples per estimate); N=1 is SFESS, N>1 SFESS+VR (leave-one-out)")
