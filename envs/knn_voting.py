@@ -313,7 +313,7 @@ def evaluate_knn(
     finally:
         if module is not None:
             module.train(was_training)
-    return float(torch.cat(hits).float().mean())
+    return float(torch.cat(hits).double().mean())
 
 
 class KNNVotingEnv(SubsetEnv):

@@ -13,6 +13,7 @@ contexts (held-out snapshots, data instances, query points), returning rewards o
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from ._validation import as_index_mask, check_int, check_k_hot_tensor
+from ._validation import as_index_mask, check_int, check_k_hot_tensor, describe_items
 
 __all__ = ["Context", "ObjectiveError", "SubsetObjective"]
 
@@ -45,6 +46,20 @@ class Context:
     def batch_size(self) -> int:
         """Number of contexts in the batch."""
         return int(self.obs.shape[0])
+
+    def select(self, index: int | Sequence[int] | torch.Tensor) -> Context:
+        """The contexts at ``index`` along the batch dimension (an int keeps a batch of one)."""
+        idx = torch.as_tensor(index, device=self.obs.device).long().reshape(-1)
+        if idx.numel() and (idx.min() < -self.batch_size or idx.max() >= self.batch_size):
+            raise ValueError(
+                f"index: expected values in [0, {self.batch_size - 1}], found "
+                f"[{int(idx.min())}, {int(idx.max())}]"
+            )
+        values = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            values[f.name] = v[idx.to(v.device)] if isinstance(v, torch.Tensor) else v
+        return type(self)(**values)
 
     def to(self, device: torch.device | str) -> Context:
         """A copy with every tensor moved to ``device``."""
@@ -217,8 +232,6 @@ def finite_or_raise(values: Any, z: torch.Tensor, what: str) -> None:
     """Raises :class:`ObjectiveError` naming the first action whose value is NaN/inf."""
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
-        from ._validation import describe_items
-
         where = tuple(bad.nonzero()[0].tolist())
         raise ObjectiveError(
             f"{what} returned {values[where].item()} (expected a finite value) for the "

