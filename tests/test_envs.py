@@ -11,13 +11,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-import subset_rl.envs as E
 import torch
 from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+import subset_rl.envs as E
 from subset_rl.envs import KHot, KHotBatch, ObjectiveError
 
 

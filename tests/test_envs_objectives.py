@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 import scipy.linalg
-import subset_rl.envs as E
 import torch
+
+import subset_rl.envs as E
 from subset_rl.envs import ObjectiveError
 
 DEVICE = torch.device(os.environ.get("SUBSET_RL_TEST_DEVICE", "cpu"))
