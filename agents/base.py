@@ -1,0 +1,489 @@
+"""The training loop shared by the native agents: objective, policy, logging, checkpoints.
+
+Surface as in Stable-Baselines3: ``learn(total_steps, callback=None, progress_bar=False)``
+returns ``self``; ``predict(obs, deterministic=False)`` returns ``(action, None)``;
+``save(path)`` / ``load(path, ...)``. A *step* is one gradient update on a batch of contexts.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import os
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.logger import HParam, Logger, configure
+from torch import Tensor, nn
+
+from subset_rl import KSubsetPolicy
+from subset_rl.envs import SubsetObjective
+
+from .gym_objective import GymEnvObjective
+from .policies import build_policy
+
+__all__ = ["BaseAgent", "resolve_device", "resolve_objective"]
+
+Callback = Callable[["BaseAgent"], Any]
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available; a CUDA device that is not available is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', found {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_objective(
+    env: SubsetObjective | gym.Env | str, env_kwargs: dict[str, Any] | None = None
+) -> SubsetObjective:
+    """The batched objective behind an objective, a subset_rl env, any k-hot env, or an env id."""
+    if isinstance(env, SubsetObjective):
+        return env
+    if isinstance(env, str):
+        import subset_rl.envs  # noqa: F401  (registers the ids)
+
+        try:
+            env = gym.make(env, **(env_kwargs or {}))
+        except gym.error.Error as err:
+            known = sorted(i for i in gym.registry if i.startswith("subset_rl/"))
+            raise ValueError(f"unknown env id {env!r}; registered subset_rl ids: {known}") from err
+    if isinstance(env, gym.Env):
+        objective = getattr(env.unwrapped, "objective", None)
+        if isinstance(objective, SubsetObjective):
+            return objective
+        return GymEnvObjective(env)
+    raise TypeError(
+        f"env must be a SubsetObjective, a gymnasium.Env or an env id, found {type(env).__name__}"
+    )
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class BaseAgent(abc.ABC):
+    """Common machinery; subclasses implement :meth:`_loss`.
+
+    Args:
+        env: a :class:`~subset_rl.envs.SubsetObjective`, a Gymnasium env (its batched objective
+            is used when it has one, else seeded resets of the env itself), or a registered id.
+        policy: ``"auto"`` (an MLP for contextual objectives, free logits otherwise),
+            ``"mlp"``, ``"free"``, ``"ip"`` (indirect parameterization), or an ``nn.Module``
+            mapping observations ``(batch, obs_dim)`` to logits ``(batch, n)``.
+        batch_size: contexts per step.
+        learning_rate: optimizer step size.
+        optimizer: ``"adam"``, ``"sgd"`` or a ``torch.optim.Optimizer`` class.
+        max_grad_norm: gradient clipping (``None`` or ``inf`` for none); the norm is logged.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        seed: seeds the agent's generator (contexts and samples) and the policy initialisation.
+        tensorboard_log: folder for TensorBoard event files (``None``: no logging to disk).
+        log_interval: steps between logged rows.
+        checkpoint_dir: folder for periodic checkpoints (``None``: none).
+        checkpoint_freq: steps between checkpoints (written atomically).
+        env_kwargs: keyword arguments for ``gymnasium.make`` when ``env`` is an id.
+        verbose: 0 silent, 1 prints the logged rows.
+    """
+
+    def __init__(
+        self,
+        env: SubsetObjective | gym.Env | str,
+        *,
+        policy: str | nn.Module = "auto",
+        batch_size: int = 16,
+        learning_rate: float = 1e-2,
+        optimizer: str | type[torch.optim.Optimizer] = "adam",
+        max_grad_norm: float | None = None,
+        device: str | torch.device = "auto",
+        seed: int | None = 0,
+        tensorboard_log: str | os.PathLike | None = None,
+        log_interval: int = 10,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_freq: int = 1000,
+        env_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.env_id = env if isinstance(env, str) else None
+        self.env_kwargs = dict(env_kwargs or {})
+        self.objective = resolve_objective(env, env_kwargs)
+        self.device = resolve_device(device)
+        self.n, self.k = self.objective.n, self.objective.k
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.learning_rate = _positive_float("learning_rate", learning_rate)
+        self.log_interval = _positive_int("log_interval", log_interval)
+        self.checkpoint_freq = _positive_int("checkpoint_freq", checkpoint_freq)
+        self.max_grad_norm = math.inf if max_grad_norm is None else float(max_grad_norm)
+        self.seed = seed
+        self.verbose = verbose
+        self.tensorboard_log = None if tensorboard_log is None else Path(tensorboard_log)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+            torch.manual_seed(int(seed))
+        else:
+            self.generator.seed()
+        probe = self.objective.sample_context(2, generator=self._probe_generator())
+        self.obs_dim = int(probe.obs.shape[-1])
+        contextual = bool(getattr(self.objective, "contextual", bool((probe.obs != 0).any())))
+        self.policy_name = policy if isinstance(policy, str) else type(policy).__name__
+        self.policy = build_policy(policy, self.obs_dim, self.n, contextual).to(self.device)
+        self.logit_mask = self.objective.logit_mask().to(self.device)
+        self.optimizer = self._make_optimizer(optimizer)
+        self.num_steps = 0
+        self.num_timesteps = 0
+        self.best_reward = torch.tensor(-math.inf, device=self.device)
+        self.best_action: Tensor | None = None
+        self.logger: Logger | None = None
+        self._ep_rewards: deque[float] = deque(maxlen=100)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _probe_generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(12345)
+
+    def _make_optimizer(
+        self, optimizer: str | type[torch.optim.Optimizer]
+    ) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if isinstance(optimizer, str):
+            table = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+            if optimizer not in table:
+                raise ValueError(f"optimizer must be one of {sorted(table)}, found {optimizer!r}")
+            optimizer = table[optimizer]
+        self.optimizer_class = optimizer
+        return optimizer(params, lr=self.learning_rate)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters (the policy's; subclasses may add their own modules)."""
+        return list(self.policy.parameters())
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings logged once to TensorBoard."""
+        return {
+            "agent": type(self).__name__,
+            "env": self.env_id or type(self.objective).__name__,
+            "n": self.n,
+            "k": self.k,
+            "policy": self.policy_name,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "optimizer": self.optimizer_class.__name__,
+            "max_grad_norm": self.max_grad_norm,
+            "seed": -1 if self.seed is None else self.seed,
+            "device": str(self.device),
+        }
+
+    # ------------------------------------------------------------------ the policy
+    def logits(self, obs: Tensor) -> Tensor:
+        """Masked logits ``(batch, n)`` for observations ``(batch, obs_dim)``."""
+        out = self.policy(obs.to(device=self.device, dtype=torch.float32))
+        if out.shape[-1] != self.n:
+            raise ValueError(f"policy must output logits of shape (batch, {self.n}), found "
+                             f"{tuple(out.shape)}")
+        return out + self.logit_mask
+
+    def distribution(self, obs: Tensor, sampler: str = "exact") -> KSubsetPolicy:
+        """The k-subset policy for a batch of observations."""
+        return KSubsetPolicy(self.logits(obs), self.k, sampler=sampler, validate_args=False)
+
+    def predict(
+        self, observation: np.ndarray, deterministic: bool = False
+    ) -> tuple[np.ndarray, None]:
+        """Action(s) for observation(s), as Stable-Baselines3's ``predict``.
+
+        Args:
+            observation: ``(obs_dim,)`` or ``(n_envs, obs_dim)``.
+            deterministic: the mode (top-k of the logits) instead of a sample.
+
+        Returns:
+            ``(action, None)``; ``action`` is float32 k-hot of shape ``(n,)`` or ``(n_envs, n)``.
+        """
+        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32), device=self.device)
+        single = obs.dim() == 1
+        if single:
+            obs = obs.unsqueeze(0)
+        if obs.dim() != 2 or obs.shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"observation must have shape ({self.obs_dim},) or (n_envs, {self.obs_dim}), "
+                f"found {tuple(np.shape(observation))}"
+            )
+        with torch.no_grad():
+            d = self.distribution(obs)
+            z = d.mode if deterministic else d.sample(generator=self.generator)
+        action = z.cpu().numpy().astype(np.float32)
+        return (action[0] if single else action), None
+
+    # ------------------------------------------------------------------ training
+    @abc.abstractmethod
+    def _loss(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """One step's loss to minimise and device-side statistics (``rewards``, ``z``...)."""
+
+    def _setup_logger(self) -> None:
+        if self.logger is not None:
+            return
+        formats = ["stdout"] if self.verbose else []
+        folder = None
+        if self.tensorboard_log is not None:
+            formats.append("tensorboard")
+            folder = str(self.tensorboard_log)
+        self.logger = configure(folder, formats)
+        self.logger.record(
+            "hparams",
+            HParam(self.hyperparameters(), {"subset/reward_mean": 0.0, "subset/best_reward": 0.0}),
+            exclude=("stdout", "log", "json", "csv"),
+        )
+
+    def learn(
+        self,
+        total_steps: int,
+        callback: Callback | None = None,
+        progress_bar: bool = False,
+        resume_from: str | os.PathLike | None = None,
+    ) -> BaseAgent:
+        """Train for ``total_steps`` gradient steps.
+
+        Args:
+            total_steps: number of steps to take; with ``resume_from``, the total of the run
+                that wrote the checkpoint (training continues until ``num_steps`` reaches it).
+            callback: called as ``callback(agent)`` after every step; returning ``False`` stops.
+            progress_bar: show a tqdm progress bar.
+            resume_from: a checkpoint from :meth:`save` (or the periodic ones) to continue
+                exactly: same parameters, optimizer state, RNG state and step count.
+
+        Returns:
+            ``self``.
+        """
+        total_steps = _positive_int("total_steps", total_steps, minimum=0)
+        if resume_from is not None:
+            self._load_state(torch.load(resume_from, map_location=self.device, weights_only=False))
+            remaining = max(0, total_steps - self.num_steps)
+        else:
+            remaining = total_steps
+        self._setup_logger()
+        bar = None
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=remaining, desc=type(self).__name__, unit="step")
+        start, start_timesteps = time.perf_counter(), self.num_timesteps
+        try:
+            for _ in range(remaining):
+                stats = self._train_step()
+                if self.num_steps % self.log_interval == 0:
+                    self._log(stats, start, start_timesteps)
+                if self.checkpoint_dir is not None and self.num_steps % self.checkpoint_freq == 0:
+                    self.save(self.checkpoint_dir / f"step_{self.num_steps}.pt")
+                    self.save(self.checkpoint_dir / "last.pt")
+                if bar is not None:
+                    bar.update(1)
+                    if self.num_steps % self.log_interval == 0:
+                        bar.set_postfix(reward=f"{float(stats['rewards'].mean()):.4g}")
+                if callback is not None and callback(self) is False:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return self
+
+    def _train_step(self) -> dict[str, Tensor]:
+        self.policy.train()
+        loss, stats = self._loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        rewards, z = stats["rewards"].detach(), stats["z"].detach()
+        flat = rewards.reshape(-1)
+        best = flat.max()
+        better = best > self.best_reward
+        arg = flat.argmax()
+        z_best = z.reshape(-1, self.n)[arg]
+        self.best_action = z_best if self.best_action is None else torch.where(
+            better, z_best, self.best_action
+        )
+        self.best_reward = torch.maximum(self.best_reward, best)
+        self.num_steps += 1
+        self.num_timesteps += flat.numel()
+        stats = dict(stats, rewards=rewards, z=z, loss=loss.detach(), grad_norm=grad_norm.detach())
+        self._last_stats = stats
+        return stats
+
+    def _log(self, stats: dict[str, Tensor], start: float, start_timesteps: int) -> None:
+        if self.logger is None:
+            self._setup_logger()
+        loss = float(stats["loss"])
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss became {loss} at step {self.num_steps}: the policy produced non-finite "
+                "logits or the objective non-finite rewards; lower the learning rate or clip "
+                "gradients (max_grad_norm)"
+            )
+        rewards = stats["rewards"]
+        self._ep_rewards.extend(rewards.reshape(-1)[:256].tolist())
+        with torch.no_grad():
+            entropy = float(stats["entropy"].mean()) if "entropy" in stats else float("nan")
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        record = self.logger.record  # type: ignore[union-attr]
+        record("rollout/ep_rew_mean", float(np.mean(self._ep_rewards)))
+        record("train/loss", loss)
+        record("train/grad_norm", float(stats["grad_norm"]))
+        record("train/entropy", entropy)
+        record("train/n_updates", self.num_steps)
+        record("subset/reward_mean", float(rewards.mean()))
+        record("subset/best_reward", float(self.best_reward))
+        record("time/fps", int((self.num_timesteps - start_timesteps) / elapsed))
+        record("time/total_timesteps", self.num_timesteps)
+        self.logger.dump(step=self.num_timesteps)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, num_contexts: int = 256, deterministic: bool = True) -> float:
+        """Mean reward of the policy on fresh contexts (drawn from a separate generator)."""
+        gen = torch.Generator(device=self.device).manual_seed(2**31 - 1)
+        ctx = self.objective.sample_context(_positive_int("num_contexts", num_contexts), gen)
+        with torch.no_grad():
+            d = self.distribution(ctx.obs)
+            z = d.mode if deterministic else d.sample(generator=gen)
+            z = z.unsqueeze(0).to(self.objective.device)
+            return float(self.objective(z, ctx, validate=False).mean())
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "class": type(self).__name__,
+            "config": self._config(),
+            "policy": self.policy,
+            "policy_state": self.policy.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "generator_state": self.generator.get_state(),
+            "torch_rng_state": torch.get_rng_state(),
+            "num_steps": self.num_steps,
+            "num_timesteps": self.num_timesteps,
+            "best_reward": self.best_reward.cpu(),
+            "best_action": None if self.best_action is None else self.best_action.cpu(),
+            "obs_dim": self.obs_dim,
+            "n": self.n,
+            "k": self.k,
+            "logit_mask": self.logit_mask.cpu(),
+            "extra": self._extra_state(),
+        }
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "max_grad_norm": None if math.isinf(self.max_grad_norm) else self.max_grad_norm,
+            "seed": self.seed,
+            "log_interval": self.log_interval,
+            "checkpoint_freq": self.checkpoint_freq,
+            "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
+        }
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        return None
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if state.get("class") != type(self).__name__:
+            raise ValueError(
+                f"checkpoint holds a {state.get('class')!r} agent, not a {type(self).__name__!r}"
+            )
+        if (state["n"], state["k"]) != (self.n, self.k):
+            raise ValueError(
+                f"checkpoint is for n={state['n']}, k={state['k']}; this agent has n={self.n}, "
+                f"k={self.k}"
+            )
+        self.policy.load_state_dict(state["policy_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.generator.set_state(state["generator_state"])
+        torch.set_rng_state(state["torch_rng_state"])
+        self.num_steps = int(state["num_steps"])
+        self.num_timesteps = int(state["num_timesteps"])
+        self.best_reward = state["best_reward"].to(self.device)
+        best = state["best_action"]
+        self.best_action = None if best is None else best.to(self.device)
+        self._load_extra_state(state["extra"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a checkpoint atomically (temporary file, then rename)."""
+        _atomic_save(self._state(), Path(path))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        env: SubsetObjective | gym.Env | str | None = None,
+        device: str | torch.device = "auto",
+        **kwargs: Any,
+    ) -> BaseAgent:
+        """Rebuild an agent from a checkpoint.
+
+        Args:
+            path: the checkpoint.
+            env: the objective/env to continue training on; defaults to the env id stored in
+                the checkpoint (required when the agent was built from an object).
+            device: where to put the agent.
+            **kwargs: overrides of the stored settings.
+        """
+        dev = resolve_device(device)
+        state = torch.load(path, map_location=dev, weights_only=False)
+        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path} is not a subset_rl agent checkpoint")
+        config = dict(state["config"])
+        env_id, env_kwargs = config.pop("env_id"), config.pop("env_kwargs")
+        if env is None:
+            if env_id is None:
+                raise ValueError(
+                    "this checkpoint was trained on an objective object, not an env id: pass it "
+                    "as load(path, env=...)"
+                )
+            env = env_id
+        config.update(kwargs)
+        agent = cls(env, policy=state["policy"], device=dev, env_kwargs=env_kwargs, **config)
+        agent._load_state(state)
+        return agent
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, found {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, found {value}")
+    return int(value)
+
+
+def _positive_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise TypeError(f"{name} must be a positive float, found {value!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive finite float, found {value}")
+    return float(value)

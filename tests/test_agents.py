@@ -1,0 +1,230 @@
+"""Native agents: learning, pathwise estimators, checkpoints (exact resume), TensorBoard, errors."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from subset_rl.agents import SFESS, GymEnvObjective, Pathwise
+from subset_rl.envs import BlackBoxObjective, Context, KHot, SubsetObjective
+
+WEIGHTS = torch.tensor([0.3, -1.0, 2.0, 0.1, 1.5, -0.5, 0.9, 1.2, 0.0, -2.0])
+BEST = set(WEIGHTS.topk(3).indices.tolist())  # {2, 4, 7}
+
+
+def linear_objective(device: torch.device) -> BlackBoxObjective:
+    w = WEIGHTS.to(device)
+    return BlackBoxObjective(lambda z: (z * w).sum(-1), 10, 3, batched=True, device=device)
+
+
+class ContextualLinear(SubsetObjective):
+    """Observation = item values; reward = sum of the chosen items' values (best: top-k)."""
+
+    def __init__(self, n: int = 8, k: int = 2, device: torch.device | str = "cpu") -> None:
+        super().__init__(n, k, device=device)
+        self.obs_dim = n
+
+    def _sample_context(self, batch_size, generator):
+        return Context(obs=self._randn((batch_size, self.n), generator))
+
+    def _evaluate(self, z, context):
+        return {"reward": (z * context.obs).sum(-1)}
+
+
+def _chosen(agent) -> set[int]:
+    action, _ = agent.predict(np.zeros(agent.obs_dim, np.float32), deterministic=True)
+    return set(np.flatnonzero(action).tolist())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sfess_finds_best_subset_of_a_black_box(seed, device):
+    agent = SFESS(linear_objective(device), num_samples=8, batch_size=4, learning_rate=0.1,
+                  seed=seed, device=device)
+    assert agent.policy_name == "auto" and type(agent.policy).__name__ == "FreeLogits"
+    agent.learn(150)
+    assert _chosen(agent) == BEST
+    assert agent.best_reward.item() == pytest.approx(WEIGHTS.topk(3).values.sum().item())
+
+
+def test_sfess_contextual_policy_beats_random(device):
+    objective = ContextualLinear(device=device)
+    agent = SFESS(objective, num_samples=8, batch_size=32, learning_rate=3e-3, seed=0,
+                  device=device)
+    assert type(agent.policy).__name__ == "MLPLogits"
+    before = agent.evaluate(512)
+    agent.learn(60)
+    after = agent.evaluate(512)
+    # E[top-2 of 8 normals] = 2.85; a random pair scores 0 on average.
+    assert before < 1.0 < 2.0 < after
+
+
+@pytest.mark.parametrize("estimator", ["gs", "stgs", "simple", "imle", "aimle", "intermediate"])
+def test_pathwise_estimators_train_on_differentiable_objective(estimator, device):
+    agent = Pathwise(linear_objective(device), estimator=estimator, num_samples=4, batch_size=4,
+                     learning_rate=0.1, seed=0, device=device)
+    agent.learn(200)
+    assert _chosen(agent) == BEST, estimator
+
+
+def test_pathwise_refuses_black_box(device):
+    objective = BlackBoxObjective(lambda z: float(z[0]), 6, 2, device=device)
+    agent = Pathwise(objective, estimator="stgs", device=device)
+    with pytest.raises(ValueError, match="not differentiable"):
+        agent.learn(1)
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path, device):
+    def make(**kw):
+        return SFESS(ContextualLinear(device=device), num_samples=4, batch_size=8,
+                     learning_rate=1e-2, seed=3, device=device, **kw)
+
+    straight = make().learn(20)
+    first = make(checkpoint_dir=tmp_path, checkpoint_freq=5).learn(12)
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "step_10.pt", "step_5.pt"]
+    del first
+    resumed = make().learn(20, resume_from=tmp_path / "step_10.pt")
+    assert resumed.num_steps == 20 and resumed.num_timesteps == straight.num_timesteps
+    for a, b in zip(straight.policy.parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, device):
+    agent = SFESS(linear_objective(device), num_samples=4, seed=0, device=device).learn(3)
+    path = tmp_path / "agent.pt"
+    agent.save(path)
+    good = path.read_bytes()
+
+    def killed(obj, fh, *args, **kwargs):
+        fh.write(b"partial")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", killed)
+    agent.learn(2)
+    with pytest.raises(KeyboardInterrupt):
+        agent.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["agent.pt"]  # no temporary left behind
+    loaded = SFESS.load(path, env=linear_objective(device), device=device)
+    assert loaded.num_steps == 3
+
+
+def test_save_load_round_trip_predicts_identically(tmp_path, device):
+    agent = SFESS(ContextualLinear(device=device), num_samples=4, seed=0, device=device)
+    agent.learn(10)
+    agent.save(tmp_path / "a.pt")
+    loaded = SFESS.load(tmp_path / "a.pt", env=ContextualLinear(device=device), device=device)
+    obs = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    a, _ = agent.predict(obs, deterministic=True)
+    b, _ = loaded.predict(obs, deterministic=True)
+    assert np.array_equal(a, b)
+    assert a.shape == (5, 8) and a.dtype == np.float32 and (a.sum(-1) == 2).all()
+    single, _ = loaded.predict(obs[0])
+    assert single.shape == (8,) and single.sum() == 2
+    with pytest.raises(ValueError, match="holds a 'SFESS' agent"):
+        Pathwise(ContextualLinear(device=device), device=device).learn(
+            1, resume_from=tmp_path / "a.pt"
+        )
+
+
+def test_load_without_env_needs_an_id(tmp_path, device):
+    agent = SFESS(linear_objective(device), num_samples=4, device=device)
+    agent.save(tmp_path / "a.pt")
+    with pytest.raises(ValueError, match="pass it as load"):
+        SFESS.load(tmp_path / "a.pt", device=device)
+
+
+def test_tensorboard_scalars_are_written(tmp_path, device):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    agent = SFESS(linear_objective(device), num_samples=4, batch_size=2, seed=0,
+                  tensorboard_log=tmp_path, log_interval=5, device=device)
+    agent.learn(20)
+    files = glob.glob(str(tmp_path / "**" / "events.out.tfevents.*"), recursive=True)
+    assert files
+    acc = EventAccumulator(str(Path(files[0]).parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ["rollout/ep_rew_mean", "train/loss", "train/grad_norm", "train/entropy",
+                "subset/reward_mean", "subset/best_reward", "time/fps"]:
+        assert tag in tags, tag
+    steps = [e.step for e in acc.Scalars("subset/best_reward")]
+    assert steps == [5 * 8, 10 * 8, 15 * 8, 20 * 8]  # x-axis: objective evaluations
+    best = [e.value for e in acc.Scalars("subset/best_reward")]
+    assert best == sorted(best)
+
+
+def test_callback_can_stop_training(device):
+    agent = SFESS(linear_objective(device), num_samples=4, device=device)
+    agent.learn(100, callback=lambda a: a.num_steps < 7)
+    assert agent.num_steps == 7
+
+
+class SeededEnv(gym.Env):
+    """A plain Gymnasium env whose reset(seed) fixes the context: obs = item values."""
+
+    def __init__(self, n: int = 6, k: int = 2) -> None:
+        self.action_space = KHot(n, k)
+        self.observation_space = gym.spaces.Box(-5, 5, (n,), np.float32)
+        self._obs = None
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._obs = self.np_random.standard_normal(self.action_space.n).astype(np.float32)
+        return self._obs.copy(), {}
+
+    def step(self, action):
+        reward = float((np.asarray(action) * self._obs).sum())
+        return self._obs.copy(), reward, True, False, {}
+
+
+def test_any_seeded_gym_env_works_through_resets(device):
+    env = SeededEnv()
+    agent = SFESS(env, num_samples=4, batch_size=8, learning_rate=3e-3, seed=0, device=device)
+    assert isinstance(agent.objective, GymEnvObjective)
+    ctx = agent.objective.sample_context(3, torch.Generator().manual_seed(0))
+    z = torch.zeros(2, 3, 6)
+    z[..., :2] = 1
+    rewards = agent.objective(z, ctx)
+    assert torch.allclose(rewards[0], ctx.obs[:, :2].sum(-1).cpu().float())
+    before = agent.evaluate(128)
+    agent.learn(60)
+    assert agent.evaluate(128) > before + 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_samples": 1}, ValueError, "num_samples >= 2"),
+        ({"baseline": "mean"}, ValueError, "baseline must be"),
+        ({"sampler": "foo"}, ValueError, "sampler must be"),
+        ({"batch_size": 0}, ValueError, "batch_size must be"),
+        ({"learning_rate": -1.0}, ValueError, "learning_rate must be"),
+        ({"policy": "transformer"}, ValueError, "policy must be one of"),
+        ({"optimizer": "lbfgs"}, ValueError, "optimizer must be one of"),
+        ({"device": "tpu"}, ValueError, "device must be"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match, device):
+    with pytest.raises(error, match=match):
+        SFESS(linear_objective(device), **({"device": device} | kwargs))
+
+
+def test_unknown_env_id_and_missing_cuda():
+    with pytest.raises(ValueError, match="unknown env id"):
+        SFESS("subset_rl/NoSuchEnv-v0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            SFESS(linear_objective(torch.device("cpu")), device="cuda")
+
+
+def test_k_larger_than_n_is_refused():
+    with pytest.raises(ValueError):
+        BlackBoxObjective(lambda z: 0.0, 4, 5)
