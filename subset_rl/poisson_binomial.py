@@ -20,11 +20,13 @@ mode of the Poisson-binomial (Darroch 1964) so that :math:`\mathrm{PB}_k` never 
 
 Two exact methods compute :math:`\mathrm{PB}_k`:
 
-* ``"tree"`` multiplies the per-item pmfs :math:`(1-\theta_i) + \theta_i x` in a balanced binary
-  tree, truncating every partial product at degree :math:`k` (direct convolution for short
-  polynomials, FFT convolution for long ones). Every partial product is itself a pmf, so the
-  computation is stable in float32; work is :math:`O(n \log n \log k)` and parallel over the tree.
-  The same tree of node pmfs drives the exact sampler (:func:`sample_conditional_poisson`).
+* ``"tree"`` multiplies the per-item factors :math:`1 + e^{x_i} t` (proportional to the
+  Bernoulli pmfs :math:`(1-\theta_i) + \theta_i t`) in a balanced binary tree, truncating every
+  partial product at degree :math:`k` (direct convolution for short polynomials, FFT
+  convolution for long ones) and rescaling each node by its largest coefficient. Every node is
+  thus a rescaled pmf, stable in float32; work is :math:`O(n \log n \log k)` and parallel over
+  the tree. The same tree of node pmfs drives the exact sampler
+  (:func:`sample_conditional_poisson`).
 * ``"dft"`` is the closed form of Fernandez & Williams (2010), as used in the SFESS paper,
 
   .. math::
@@ -38,6 +40,9 @@ Two exact methods compute :math:`\mathrm{PB}_k`:
   :math:`e^{-v\omega^2/2}` (:math:`v = \sum_i\theta_i(1-\theta_i)`), a smaller :math:`M` only
   aliases the mass :math:`P(|S - k| \ge M)`, which Bernstein's inequality bounds; we choose the
   smallest odd :math:`M \le n + 1` that makes that bound negligible at the working precision.
+
+``"auto"`` takes the DFT for small problems (few rows, small ``n``; fewer, larger operations)
+and the tree otherwise, by a data-independent work estimate (no device synchronisation).
 
 Marginals (inclusion probabilities) are :math:`\pi = \nabla_l \log e_k`, obtained by automatic
 differentiation of the normalizer (so they are themselves differentiable, as SIMPLE needs).
@@ -217,26 +222,30 @@ def _log_esp_tree(shifted: Tensor, k: int) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Fernandez-Williams DFT
 # --------------------------------------------------------------------------------------------
-def _dft_num_frequencies(theta: Tensor, k: int) -> int:
+def _frequency_count(n: int, v: float, off: float, dtype: torch.dtype) -> int:
     """Smallest odd ``M <= n + 1`` (or ``n + 1``) whose aliasing error is below working precision.
 
     Aliased mass is ``P(|S - k| >= M) <= 2 exp(-t^2 / (2 (v + t / 3)))`` with
-    ``t = M - |E S - k|`` (Bernstein). Since the shift makes ``k`` the mode,
-    ``PB_k >= 1 / (n + 1)``, so a bound below ``delta / (n + 1)`` is a relative error below
-    ``delta``.
+    ``t = M - |E S - k|`` (Bernstein), ``v`` the variance of ``S``. With the shift, ``k`` is
+    (within one) the mode, so ``PB_k`` is at least about ``1 / (n + 1)``; a bound below
+    ``delta / (n + 1)``, ``delta = eps / 1000``, is a relative error well below ``eps``.
     """
-    n = theta.shape[-1]
-    with torch.no_grad():
-        t64 = theta.double()
-        v = float((t64 * (1 - t64)).sum(-1).max())
-        off = float((t64.sum(-1) - k).abs().max())
-    delta = torch.finfo(theta.dtype).eps * 1e-3
+    delta = torch.finfo(dtype).eps * 1e-3
     big_l = math.log(2 * (n + 1) / delta)
     t = big_l / 3 + math.sqrt(big_l**2 / 9 + 2 * v * big_l)
     M = int(math.ceil(t + off)) + 1
     if M >= n + 1:
         return n + 1
     return M | 1  # odd: omega = pi never occurs
+
+
+def _dft_num_frequencies(theta: Tensor, k: int) -> int:
+    """:func:`_frequency_count` for the variance and centring of these ``theta`` rows."""
+    with torch.no_grad():
+        t64 = theta.double()
+        v = float((t64 * (1 - t64)).sum(-1).max())
+        off = float((t64.sum(-1) - k).abs().max())
+    return _frequency_count(theta.shape[-1], v, off, theta.dtype)
 
 
 def _log_pb_dft(theta: Tensor, k: int, num_frequencies: int | None = None) -> Tensor:
@@ -270,11 +279,20 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {METHODS}, found {method!r}")
 
 
-def _auto_method(n: int, k: int) -> str:
-    # The tree is the fastest exact method on every size measured in benchmarks/ (CPU); the
-    # truncated DFT needs O(n sqrt(var)) transcendental evaluations against O(n log n log k)
-    # multiply-adds for the tree.
-    return "tree"
+#: ``auto`` uses the DFT while ``rows * n * M / 2`` (its number of complex factors) stays below
+#: this; measured on a 2-core CPU, where the tree's ``log2 n`` levels of small ops cost more than
+#: the DFT's few large ones below about this size (see benchmarks/README.md).
+_DFT_AUTO_MAX_WORK = 250_000
+
+
+def _auto_method(rows: int, n: int, k: int, dtype: torch.dtype) -> str:
+    """The faster exact method, decided without looking at the data (no device sync).
+
+    The DFT's frequency count is bounded with the largest variance a centred Poisson-binomial
+    with mean ``k`` can have, ``k (1 - k / n)``.
+    """
+    M = _frequency_count(n, k * (1 - k / n), 1.0, dtype)
+    return "dft" if rows * n * (M // 2) <= _DFT_AUTO_MAX_WORK else "tree"
 
 
 def _log_normalizer_2d(logits: Tensor, k: int, method: str) -> Tensor:
@@ -290,7 +308,7 @@ def _log_normalizer_2d(logits: Tensor, k: int, method: str) -> Tensor:
     c = centering_shift(logits, k)
     shifted = logits + c
     if method == "auto":
-        method = _auto_method(logits.shape[-1], k)
+        method = _auto_method(logits.shape[0], logits.shape[-1], k, logits.dtype)
     if method == "tree":
         log_esp = _log_esp_tree(shifted, k)
     else:
