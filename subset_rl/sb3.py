@@ -1,0 +1,713 @@
+r"""Stable-Baselines3 glue: a k-hot action head for PPO, A2C and (optionally) MaskablePPO.
+
+For a ``MultiBinary`` action space, and so for :class:`~subset_rl.envs.KHot` (a ``MultiBinary``
+subclass), Stable-Baselines3 silently builds an *independent Bernoulli* head: each item is switched
+on with its own coin, so a policy for ``k = 2`` happily emits 0, 3 or 7 ones. This module replaces
+that head with the exact k-subset distribution :class:`~subset_rl.KSubsetPolicy`:
+
+.. math::
+
+    \pi_\theta(z \mid s) = \frac{\exp\langle l_\theta(s), z\rangle}{e_k(\exp l_\theta(s))},
+    \qquad z \in \{0, 1\}^n,\ \textstyle\sum_i z_i = k,
+
+where the logits :math:`l_\theta(s)` are a linear layer on the actor's latent features. Every
+sampled and every deterministic (top-k) action has exactly ``k`` ones, ``log_prob`` is exact, and
+items the :class:`~subset_rl.envs.KHot` space does not allow get logit ``-inf``.
+
+Example:
+    >>> import numpy as np
+    >>> from stable_baselines3 import PPO
+    >>> from subset_rl.envs import make_blackbox_env
+    >>> from subset_rl.sb3 import KSubsetActorCriticPolicy, ppo_kwargs
+    >>> env = make_blackbox_env(lambda z: float(z[:3].sum()), n=8, k=3)
+    >>> model = PPO(KSubsetActorCriticPolicy, env, n_steps=64, batch_size=32, **ppo_kwargs())
+    >>> action, _ = model.predict(np.zeros(1, np.float32), deterministic=True)
+    >>> action.dtype, action.shape, int(action.sum())
+    (dtype('float32'), (8,), 3)
+
+PPO hyperparameters:
+    PPO's importance ratio :math:`\pi_\theta(z)/\pi_{\theta_\text{old}}(z)` is a ratio of
+    probabilities of whole subsets, so its log sums the changes of all ``k`` chosen items (and of
+    the normalizer) and moves faster than for one categorical choice. With SB3's defaults
+    (learning rate ``3e-4``, ``n_epochs=10``, no ``target_kl``) ``approx_kl`` climbs to 0.15-0.2
+    and the clip fraction to 0.6-0.7 after a few updates (measured for n=10, k=3 and n=50, k=10).
+    :func:`ppo_kwargs` adds ``target_kl=0.02`` (PPO stops an update's epoch loop once the KL
+    estimate exceeds ``1.5 * target_kl``), which keeps ``approx_kl`` near 0.02-0.03 and the clip
+    fraction near 0.15 at the default learning rate ``3e-4`` without slowing learning on those
+    problems. Without ``target_kl``, use a learning rate of about ``1e-4``.
+
+Entropy cost:
+    PPO and A2C compute the policy entropy on every minibatch. The entropy
+    :math:`H = \log e_k - \sum_i \pi_i l_i` is cheap to evaluate, but its *gradient* needs second
+    derivatives of :math:`\log e_k` (the marginals :math:`\pi` are themselves a gradient), which
+    about doubles the cost of an update. SB3's PPO default is ``ent_coef = 0``, where that gradient
+    is thrown away: pass ``policy_kwargs={"entropy_grad": False}`` to get the entropy value (still
+    logged as ``train/entropy_loss``) without its gradient. :class:`KHotGuard` refuses
+    ``entropy_grad=False`` with ``ent_coef > 0``.
+
+Subprocesses:
+    A ``SubprocVecEnv`` child must import :mod:`subset_rl.envs` to find the registered ids;
+    :func:`make_subset_vec_env` does that for you (its env factory lives in this module, so the
+    child imports it). Scripts that start subprocesses need an ``if __name__ == "__main__":`` guard.
+
+Loading:
+    ``PPO.load(path)`` unpickles the policy class and the action space, so this module and
+    :mod:`subset_rl.envs` must be importable in the loading process; they are imported
+    automatically when unpickling.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import Distribution, make_proba_distribution
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.vec_env import VecEnv
+from torch import Tensor, nn
+
+from .distribution import SAMPLERS, KSubsetPolicy, Sampler
+from .envs.spaces import KHot
+
+try:  # optional: MaskablePPO support
+    from sb3_contrib.common.maskable.distributions import MaskableDistribution
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    HAS_SB3_CONTRIB = True
+except ImportError:  # pragma: no cover - depends on the environment
+    HAS_SB3_CONTRIB = False
+
+__all__ = [
+    "HAS_SB3_CONTRIB",
+    "KHotGuard",
+    "KSubsetActorCriticPolicy",
+    "KSubsetDistribution",
+    "MaskableKSubsetActorCriticPolicy",
+    "MaskableKSubsetDistribution",
+    "check_k_hot_policy",
+    "check_k_hot_space",
+    "default_head_for",
+    "item_mask_to_multibinary",
+    "make_subset_vec_env",
+    "ppo_kwargs",
+]
+
+SelfKSubsetDistribution = TypeVar("SelfKSubsetDistribution", bound="KSubsetDistribution")
+
+_SB3_CONTRIB_HINT = (
+    "needs sb3-contrib (MaskablePPO), which is not installed: `pip install sb3-contrib`"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Spaces and checks
+# --------------------------------------------------------------------------------------------
+def check_k_hot_space(action_space: object) -> KHot:
+    """Returns ``action_space`` if it is a :class:`~subset_rl.envs.KHot` space, else raises.
+
+    Args:
+        action_space: The action space given to a policy.
+
+    Returns:
+        The same space, typed as :class:`~subset_rl.envs.KHot`.
+
+    Raises:
+        ValueError: If the space is not a ``KHot`` space (a plain ``MultiBinary(n)`` does not say
+            how many items to choose; use ``KHot(n, k)``).
+    """
+    if isinstance(action_space, KHot):
+        return action_space
+    hint = ""
+    if isinstance(action_space, spaces.MultiBinary):
+        hint = (
+            " A plain MultiBinary space does not fix the number of ones; declare the env's "
+            "action_space as subset_rl.envs.KHot(n, k)."
+        )
+    raise ValueError(
+        f"k-hot policy: expected a subset_rl.envs.KHot action space, found {action_space!r} "
+        f"({type(action_space).__name__}).{hint}"
+    )
+
+
+def default_head_for(action_space: spaces.Space[Any]) -> type[Distribution]:
+    """The distribution class SB3's *default* policy would build for ``action_space``.
+
+    Shows the pitfall this module exists for: for a :class:`~subset_rl.envs.KHot` space it is
+    ``BernoulliDistribution`` (independent coins, any number of ones), not a k-subset head.
+
+    Example:
+        >>> default_head_for(KHot(5, 2)).__name__
+        'BernoulliDistribution'
+    """
+    return type(make_proba_distribution(action_space))
+
+
+def check_k_hot_policy(model: BaseAlgorithm | BasePolicy) -> None:
+    """Raises if a model's action space is ``KHot`` but its policy head is not a k-subset head.
+
+    SB3's default ``"MlpPolicy"`` on a ``KHot`` space builds an independent Bernoulli head whose
+    actions have a random number of ones: depending on the env's ``invalid_action`` setting this
+    raises in ``step`` or is silently projected or penalized. Call this after building a model
+    (or use the :class:`KHotGuard` callback) to fail at once instead.
+
+    Args:
+        model: An SB3 algorithm (``PPO``, ``A2C``, ``MaskablePPO``, ...) or its policy.
+
+    Raises:
+        TypeError: If the action space is ``KHot`` and the policy's action distribution is not a
+            :class:`KSubsetDistribution`.
+        ValueError: If a :class:`KSubsetDistribution` disagrees with the space's ``n`` or ``k``.
+    """
+    policy = model.policy if isinstance(model, BaseAlgorithm) else model
+    space = policy.action_space
+    dist = getattr(policy, "action_dist", None)
+    if not isinstance(space, KHot):
+        return
+    if not isinstance(dist, KSubsetDistribution):
+        raise TypeError(
+            f"policy {type(policy).__name__} acts in {space!r} with a "
+            f"{type(dist).__name__} head: expected a KSubsetDistribution (exactly k={space.k} "
+            "ones per action), found a head that samples items independently and gives the "
+            "wrong number of ones. Use subset_rl.sb3.KSubsetActorCriticPolicy (or "
+            "MaskableKSubsetActorCriticPolicy with MaskablePPO)."
+        )
+    if dist.action_dim != space.n or dist.k != space.k:
+        raise ValueError(
+            f"policy head has n={dist.action_dim}, k={dist.k}; expected n={space.n}, k={space.k} "
+            f"from the action space {space!r}"
+        )
+
+
+def item_mask_to_multibinary(item_mask: Any) -> np.ndarray:
+    """Converts per-item masks to sb3-contrib's ``MultiBinary`` mask layout.
+
+    sb3-contrib's rollout buffer stores ``2 * n`` mask entries for a ``MultiBinary(n)`` space:
+    for item ``i``, entry ``2 i`` allows value 0 and ``2 i + 1`` allows value 1. An env's
+    ``action_masks()`` for :class:`MaskableKSubsetActorCriticPolicy` should return this layout
+    (the policy also accepts plain per-item masks in ``predict``).
+
+    Args:
+        item_mask: Boolean array of shape ``(..., n)``; ``True`` means the item may be chosen.
+
+    Returns:
+        Boolean array of shape ``(..., 2 n)``.
+    """
+    mask = np.asarray(item_mask, dtype=bool)
+    if mask.ndim < 1:
+        raise ValueError(f"item_mask: expected shape (..., n), found shape {mask.shape}")
+    out = np.ones(mask.shape + (2,), dtype=bool)
+    out[..., 1] = mask
+    return out.reshape(mask.shape[:-1] + (2 * mask.shape[-1],))
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, found {type(value).__name__} {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Distribution
+# --------------------------------------------------------------------------------------------
+class KSubsetDistribution(Distribution):
+    r"""SB3 distribution over k-hot actions whose ``.distribution`` is a ``KSubsetPolicy``.
+
+    :math:`\log p(z) = \langle l, z\rangle - \log e_k(\exp l)`, with logits ``l`` from a linear
+    layer (:meth:`proba_distribution_net`); disallowed items get ``l_i = -inf``. Actions are
+    ``float32`` (the logits' dtype) 0/1 tensors of shape ``(batch, n)`` with exactly ``k`` ones.
+
+    Args:
+        action_dim: Number of items ``n``.
+        k: Number of items per action, ``1 <= k <= number of allowed items``.
+        allowed: Optional boolean mask of shape ``(n,)``; ``False`` items are never chosen.
+        sampler: ``"exact"`` (default) or ``"gumbel"``, see :class:`~subset_rl.KSubsetPolicy`.
+            ``"gumbel"`` samples a different distribution than ``log_prob`` scores, which biases
+            PPO's ratio; keep ``"exact"`` unless you know why.
+        entropy_grad: Whether :meth:`entropy` carries its gradient (second derivatives of the
+            normalizer, about twice the cost of an update). ``False`` returns the value only:
+            fine with ``ent_coef = 0``.
+        validate_args: Check logits (NaN, ``+inf``, too few allowed items) and actions given to
+            :meth:`log_prob` (k-hot). Costs a host sync per call on GPU.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If ``k`` or ``allowed`` do not fit ``action_dim``.
+    """
+
+    distribution: KSubsetPolicy
+
+    def __init__(
+        self,
+        action_dim: int,
+        k: int,
+        *,
+        allowed: Any = None,
+        sampler: Sampler = "exact",
+        entropy_grad: bool = True,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("action_dim", action_dim), ("k", k)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name}: expected an int, found {type(value).__name__} {value!r}")
+        if action_dim < 1:
+            raise ValueError(f"action_dim: expected n >= 1, found {action_dim}")
+        mask: np.ndarray | None = None
+        if allowed is not None:
+            mask = np.asarray(allowed, dtype=bool).reshape(-1)
+            if mask.shape != (action_dim,):
+                raise ValueError(
+                    f"allowed: expected a boolean mask of shape ({action_dim},), found "
+                    f"{np.shape(allowed)}"
+                )
+            if mask.all():
+                mask = None
+        available = action_dim if mask is None else int(mask.sum())
+        if not 1 <= k <= available:
+            raise ValueError(
+                f"k: expected 1 <= k <= {available} (allowed items of n={action_dim}), found {k}"
+            )
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler: expected one of {SAMPLERS}, found {sampler!r}")
+        self.action_dim = int(action_dim)
+        self.k = int(k)
+        self.allowed = mask
+        self.sampler: Sampler = sampler
+        self.entropy_grad = _check_bool("entropy_grad", entropy_grad)
+        self.validate_args = _check_bool("validate_args", validate_args)
+        self._allowed_on: dict[torch.device, Tensor] = {}
+        self._logits: Tensor | None = None
+
+    def proba_distribution_net(self, latent_dim: int) -> nn.Module:
+        """A linear layer from the actor's latent features to the ``n`` logits.
+
+        Args:
+            latent_dim: Size of the actor's last hidden layer.
+        """
+        return nn.Linear(latent_dim, self.action_dim)
+
+    def _allowed_tensor(self, device: torch.device) -> Tensor | None:
+        if self.allowed is None:
+            return None
+        if device not in self._allowed_on:
+            self._allowed_on[device] = torch.tensor(self.allowed, device=device)
+        return self._allowed_on[device]
+
+    def _make(self, logits: Tensor) -> KSubsetPolicy:
+        return KSubsetPolicy(logits, self.k, sampler=self.sampler, validate_args=self.validate_args)
+
+    def proba_distribution(
+        self: SelfKSubsetDistribution, action_logits: Tensor
+    ) -> SelfKSubsetDistribution:
+        """Sets the logits (``(batch, n)``); disallowed items are set to ``-inf``.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: If the last dimension is not ``n`` (or, with ``validate_args``, the
+                logits hold NaN or ``+inf``).
+        """
+        if action_logits.dim() < 1 or action_logits.shape[-1] != self.action_dim:
+            raise ValueError(
+                f"action_logits: expected shape (..., {self.action_dim}), found "
+                f"{tuple(action_logits.shape)}"
+            )
+        allowed = self._allowed_tensor(action_logits.device)
+        if allowed is not None:
+            action_logits = action_logits.masked_fill(~allowed, float("-inf"))
+        self._logits = action_logits
+        self.distribution = self._make(action_logits)
+        return self
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        """Exact log-probability of k-hot ``actions`` (any numeric dtype), shape ``(batch,)``."""
+        logits = self.distribution.logits
+        return self.distribution.log_prob(actions.to(dtype=logits.dtype))
+
+    def entropy(self) -> Tensor:
+        r"""Exact entropy :math:`\log e_k - \sum_i \pi_i l_i`, shape ``(batch,)``.
+
+        With ``entropy_grad=False`` the result carries no gradient (see the class docstring).
+        """
+        if self.entropy_grad:
+            return self.distribution.entropy()
+        with torch.no_grad():
+            return self._make(self.distribution.logits.detach()).entropy()
+
+    def sample(self) -> Tensor:
+        """One k-hot sample per row, shape ``(batch, n)``, the logits' dtype."""
+        return self.distribution.sample()
+
+    def mode(self) -> Tensor:
+        """The most probable action: top-k of the logits, shape ``(batch, n)``."""
+        return self.distribution.mode
+
+    def actions_from_params(self, action_logits: Tensor, deterministic: bool = False) -> Tensor:
+        """Sets the logits and returns actions (the mode when ``deterministic``)."""
+        self.proba_distribution(action_logits)
+        return self.get_actions(deterministic=deterministic)
+
+    def log_prob_from_params(self, action_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Sets the logits, samples actions and returns ``(actions, log_prob)``."""
+        actions = self.actions_from_params(action_logits)
+        return actions, self.log_prob(actions)
+
+
+def _check_policy_options(
+    sampler: object, entropy_grad: object, validate_args: object
+) -> dict[str, Any]:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {SAMPLERS}, found {sampler!r}")
+    return {
+        "sampler": sampler,
+        "entropy_grad": _check_bool("entropy_grad", entropy_grad),
+        "validate_args": _check_bool("validate_args", validate_args),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------------
+class KSubsetActorCriticPolicy(ActorCriticPolicy):
+    """Actor-critic policy whose action head is a :class:`KSubsetDistribution`.
+
+    Use it as ``PPO(KSubsetActorCriticPolicy, env)`` or ``A2C(KSubsetActorCriticPolicy, env)`` on
+    an env with a :class:`~subset_rl.envs.KHot` action space; ``k`` and the allowed items are read
+    from the space. Everything else (``net_arch``, ``activation_fn``, feature extractors,
+    ``ortho_init``, optimizer) is as in SB3's ``ActorCriticPolicy``; gSDE is not available.
+
+    Args:
+        observation_space: Observation space.
+        action_space: A :class:`~subset_rl.envs.KHot` space.
+        lr_schedule: Learning-rate schedule (given by the algorithm).
+        *args: Further positional arguments of ``ActorCriticPolicy``.
+        sampler: ``"exact"`` (default) or ``"gumbel"``.
+        entropy_grad: Whether the entropy carries its (second-order) gradient; ``False`` is
+            faster and fine when ``ent_coef = 0``.
+        validate_args: Whether the distribution checks its logits and actions.
+        **kwargs: Further keyword arguments of ``ActorCriticPolicy``.
+
+    Raises:
+        ValueError: If the action space is not ``KHot`` or ``use_sde=True``.
+    """
+
+    action_dist: KSubsetDistribution
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
+        lr_schedule: Schedule,
+        *args: Any,
+        sampler: Sampler = "exact",
+        entropy_grad: bool = True,
+        validate_args: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        space = check_k_hot_space(action_space)
+        if kwargs.get("use_sde"):
+            raise ValueError(
+                "use_sde: expected False, found True (gSDE is for continuous actions; the k-hot "
+                "head has no state-dependent noise)"
+            )
+        # Read by _build, which ActorCriticPolicy.__init__ calls.
+        self.k = space.k
+        self._subset_options = _check_policy_options(sampler, entropy_grad, validate_args)
+        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+
+    @property
+    def entropy_grad(self) -> bool:
+        """Whether the entropy carries its gradient."""
+        return bool(self._subset_options["entropy_grad"])
+
+    def _make_action_dist(self) -> KSubsetDistribution:
+        space = check_k_hot_space(self.action_space)
+        return KSubsetDistribution(space.n, self.k, allowed=space.allowed, **self._subset_options)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        """Builds the networks and the optimizer with a k-subset action head.
+
+        Mirrors ``ActorCriticPolicy._build``, whose head selection knows only SB3's own
+        distributions (and would have built an independent Bernoulli head for ``KHot``).
+        """
+        self.action_dist = self._make_action_dist()
+        self._build_mlp_extractor()
+        self.action_net = self.action_dist.proba_distribution_net(
+            latent_dim=self.mlp_extractor.latent_dim_pi
+        )
+        self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
+        if self.ortho_init:
+            # The gains of ActorCriticPolicy: small action head, so the first policy is near
+            # uniform over subsets.
+            module_gains: dict[nn.Module, float] = {
+                self.features_extractor: np.sqrt(2),
+                self.mlp_extractor: np.sqrt(2),
+                self.action_net: 0.01,
+                self.value_net: 1,
+            }
+            if not self.share_features_extractor:
+                del module_gains[self.features_extractor]
+                module_gains[self.pi_features_extractor] = np.sqrt(2)
+                module_gains[self.vf_features_extractor] = np.sqrt(2)
+            for module, gain in module_gains.items():
+                module.apply(partial(self.init_weights, gain=gain))
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+    def _get_action_dist_from_latent(self, latent_pi: Tensor) -> KSubsetDistribution:
+        """The k-subset distribution for the actor's latent features ``(batch, latent_dim)``."""
+        return self.action_dist.proba_distribution(action_logits=self.action_net(latent_pi))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(self._subset_options)
+        return data
+
+
+# --------------------------------------------------------------------------------------------
+# Maskable variant (sb3-contrib)
+# --------------------------------------------------------------------------------------------
+def _parse_item_masks(masks: Any, batch: int, n: int, device: torch.device) -> Tensor:
+    """Per-item boolean masks ``(batch, n)`` from per-item or sb3-contrib MultiBinary layout."""
+    m = torch.as_tensor(np.asarray(masks) if not isinstance(masks, Tensor) else masks)
+    m = m.to(device=device, dtype=torch.bool)
+    if m.numel() == batch * n:
+        return m.reshape(batch, n)
+    if m.numel() == batch * 2 * n:
+        pairs = m.reshape(batch, n, 2)
+        if not bool(pairs[..., 0].all()):
+            raise ValueError(
+                "action_masks: the k-hot head can only forbid items (entry 2i+1 False); found "
+                "masks forbidding value 0 (entry 2i False), i.e. forcing items in, which is not "
+                "supported"
+            )
+        return pairs[..., 1]
+    raise ValueError(
+        f"action_masks: expected {batch * n} per-item entries (shape ({batch}, {n})) or "
+        f"{batch * 2 * n} in sb3-contrib's MultiBinary layout (shape ({batch}, {2 * n})), found "
+        f"shape {tuple(m.shape)}"
+    )
+
+
+if HAS_SB3_CONTRIB:
+
+    class MaskableKSubsetDistribution(KSubsetDistribution, MaskableDistribution):
+        """:class:`KSubsetDistribution` with per-item action masks, for sb3-contrib's MaskablePPO.
+
+        Masked items get logit ``-inf`` (never chosen, no entropy contribution); a row must keep
+        at least ``k`` items. Masks are per item (``(batch, n)``, ``True`` = may be chosen) or in
+        sb3-contrib's ``MultiBinary`` layout ``(batch, 2 n)`` (see
+        :func:`item_mask_to_multibinary`); masks that force an item *in* are refused.
+
+        Args: as :class:`KSubsetDistribution`.
+        """
+
+        def apply_masking(self, masks: Any) -> None:
+            """Applies masks to the current logits; ``None`` removes them.
+
+            Raises:
+                ValueError: If the masks have the wrong size, force items in, or leave a row
+                    with fewer than ``k`` items.
+            """
+            if self._logits is None:
+                raise ValueError("apply_masking: call proba_distribution(action_logits) first")
+            logits = self._logits
+            if masks is None:
+                self.distribution = self._make(logits)
+                return
+            batch = logits.reshape(-1, self.action_dim).shape[0]
+            item = _parse_item_masks(masks, batch, self.action_dim, logits.device)
+            item = item.reshape(logits.shape)
+            available = (item & torch.isfinite(logits)).sum(-1)
+            if bool((available < self.k).any()):
+                raise ValueError(
+                    f"action_masks: each row needs at least k={self.k} allowed items, found a "
+                    f"row with {int(available.min())}"
+                )
+            self.distribution = self._make(logits.masked_fill(~item, float("-inf")))
+
+    class MaskableKSubsetActorCriticPolicy(MaskableActorCriticPolicy):
+        """MaskablePPO policy with a :class:`MaskableKSubsetDistribution` head.
+
+        ``MaskablePPO(MaskableKSubsetActorCriticPolicy, env)`` with an env whose
+        ``action_masks()`` returns ``item_mask_to_multibinary(item_mask)`` (shape ``(2 n,)``, the
+        layout sb3-contrib's rollout buffer stores for ``MultiBinary``); ``predict`` also takes
+        per-item masks ``(n,)`` / ``(n_envs, n)``.
+
+        Args:
+            observation_space: Observation space.
+            action_space: A :class:`~subset_rl.envs.KHot` space.
+            lr_schedule: Learning-rate schedule.
+            *args: Further positional arguments of ``MaskableActorCriticPolicy``.
+            sampler: ``"exact"`` (default) or ``"gumbel"``.
+            entropy_grad: Whether the entropy carries its gradient.
+            validate_args: Whether the distribution checks its logits and actions.
+            **kwargs: Further keyword arguments of ``MaskableActorCriticPolicy``.
+
+        Raises:
+            ValueError: If the action space is not ``KHot``.
+        """
+
+        action_dist: MaskableKSubsetDistribution
+
+        def __init__(
+            self,
+            observation_space: spaces.Space[Any],
+            action_space: spaces.Space[Any],
+            lr_schedule: Schedule,
+            *args: Any,
+            sampler: Sampler = "exact",
+            entropy_grad: bool = True,
+            validate_args: bool = True,
+            **kwargs: Any,
+        ) -> None:
+            space = check_k_hot_space(action_space)
+            self.k = space.k
+            self._subset_options = _check_policy_options(sampler, entropy_grad, validate_args)
+            super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+
+        @property
+        def entropy_grad(self) -> bool:
+            """Whether the entropy carries its gradient."""
+            return bool(self._subset_options["entropy_grad"])
+
+        def _build(self, lr_schedule: Schedule) -> None:
+            space = check_k_hot_space(self.action_space)
+            self.action_dist = MaskableKSubsetDistribution(
+                space.n, self.k, allowed=space.allowed, **self._subset_options
+            )
+            super()._build(lr_schedule)
+
+        def _get_action_dist_from_latent(self, latent_pi: Tensor) -> MaskableKSubsetDistribution:
+            return self.action_dist.proba_distribution(action_logits=self.action_net(latent_pi))
+
+        def _get_constructor_parameters(self) -> dict[str, Any]:
+            data = super()._get_constructor_parameters()
+            data.update(self._subset_options)
+            return data
+
+else:  # pragma: no cover - depends on the environment
+
+    def __getattr__(name: str) -> Any:
+        if name in ("MaskableKSubsetDistribution", "MaskableKSubsetActorCriticPolicy"):
+            raise ImportError(f"subset_rl.sb3.{name} {_SB3_CONTRIB_HINT}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Guard, helpers
+# --------------------------------------------------------------------------------------------
+class KHotGuard(BaseCallback):
+    """Callback that fails loudly when a model would act with the wrong number of ones.
+
+    At training start it runs :func:`check_k_hot_policy` (refusing SB3's silent Bernoulli head on
+    a ``KHot`` space) and refuses ``entropy_grad=False`` with ``ent_coef > 0``; at every step it
+    checks that the actions sent to the envs have exactly ``k`` ones.
+
+    Example:
+        ``model.learn(10_000, callback=KHotGuard())``
+
+    Raises:
+        TypeError: From :func:`check_k_hot_policy`.
+        ValueError: If ``ent_coef > 0`` while the entropy has no gradient, or an action does
+            not have ``k`` ones.
+    """
+
+    def _on_training_start(self) -> None:
+        check_k_hot_policy(self.model)
+        policy = self.model.policy
+        ent_coef = getattr(self.model, "ent_coef", 0.0)
+        if getattr(policy, "entropy_grad", True) is False and float(ent_coef) > 0:
+            raise ValueError(
+                f"ent_coef={ent_coef} needs the entropy's gradient, but the policy was built "
+                "with entropy_grad=False; pass policy_kwargs={'entropy_grad': True}"
+            )
+
+    def _on_step(self) -> bool:
+        space = self.model.action_space
+        actions = self.locals.get("actions")
+        if isinstance(space, KHot) and actions is not None:
+            a = np.asarray(actions).reshape(-1, space.n)
+            counts = (a != 0).sum(-1)
+            if (counts != space.k).any():
+                raise ValueError(
+                    f"action check: expected k={space.k} ones per action, found counts "
+                    f"{counts.tolist()[:8]}"
+                )
+        return True
+
+
+def ppo_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Recommended PPO keyword arguments for the k-hot policy (see the module docstring).
+
+    ``learning_rate=3e-4`` (SB3's default) with ``target_kl=0.02`` keeps the subset-level
+    importance ratio in range; everything else is SB3's default unless overridden.
+
+    Example:
+        ``PPO(KSubsetActorCriticPolicy, env, **ppo_kwargs(n_steps=256))``
+
+    Args:
+        **overrides: Keys to set or replace.
+
+    Returns:
+        A fresh dict.
+    """
+    out: dict[str, Any] = {"learning_rate": 3e-4, "target_kl": 0.02}
+    out.update(overrides)
+    return out
+
+
+def _make_registered_env(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
+    # Lives in this module so that a SubprocVecEnv child unpickling it imports subset_rl.sb3,
+    # hence subset_rl.envs, which registers the subset_rl/ ids.
+    import subset_rl.envs  # noqa: F401
+
+    return gym.make(env_id, **kwargs)
+
+
+def make_subset_vec_env(
+    env_id: str | Callable[..., gym.Env[Any, Any]],
+    n_envs: int = 1,
+    seed: int | None = None,
+    *,
+    subprocess: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> VecEnv:
+    """``stable_baselines3.common.env_util.make_vec_env`` that works with subprocesses.
+
+    A registered id (``"subset_rl/KNNVoting-v0"``) is made through a factory defined in this
+    module, so each ``SubprocVecEnv`` child imports :mod:`subset_rl.envs` and finds the id.
+
+    Args:
+        env_id: A registered id or a callable returning an env.
+        n_envs: Number of envs.
+        seed: Seed of the first env (the others get ``seed + i``).
+        subprocess: Use ``SubprocVecEnv`` (the calling script needs an
+            ``if __name__ == "__main__":`` guard) instead of ``DummyVecEnv``.
+        env_kwargs: Keyword arguments of the env (for ``BlackBoxSubset-v0``, ``f`` must be
+            picklable: a module-level function).
+        **kwargs: Further arguments of ``make_vec_env`` (``monitor_dir``, ``wrapper_class``, ...).
+
+    Returns:
+        The vectorized env.
+    """
+    if isinstance(env_id, str):
+        env_id = partial(_make_registered_env, env_id)
+    if subprocess:
+        from stable_baselines3.common.vec_env import SubprocVecEnv
+
+        kwargs.setdefault("vec_env_cls", SubprocVecEnv)
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, **kwargs)

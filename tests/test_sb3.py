@@ -1,0 +1,458 @@
+"""Stable-Baselines3 glue: the k-hot head agrees with KSubsetPolicy, PPO/A2C train and predict
+exact k-hot actions, models survive save/load in a fresh process, SubprocVecEnv children find the
+registered ids, PPO learns a toy black box, and SB3's Bernoulli fallback is refused."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.distributions import BernoulliDistribution
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+import subset_rl.envs  # noqa: F401 - registers the subset_rl/ ids
+from subset_rl import KSubsetPolicy
+from subset_rl.envs import KHot, make_blackbox_env
+from subset_rl.sb3 import (
+    KHotGuard,
+    KSubsetActorCriticPolicy,
+    KSubsetDistribution,
+    check_k_hot_policy,
+    check_k_hot_space,
+    default_head_for,
+    item_mask_to_multibinary,
+    make_subset_vec_env,
+    ppo_kwargs,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BLACKBOX = "subset_rl/BlackBoxSubset-v0"
+# Fixed item weights of the toy black box: the best 3-subset is {1, 3, 5}.
+WEIGHTS = np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.0, 0.5, 0.4, 0.6])
+BEST = {1, 3, 5}
+SMALL_PPO: dict[str, Any] = {"n_steps": 32, "batch_size": 32, "n_epochs": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Tiny networks: one torch thread is faster and fair to the other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def weighted_sum(z: np.ndarray) -> float:
+    """A module-level black box: the summed weights of the chosen items."""
+    return float(z @ WEIGHTS[: z.shape[0]])
+
+
+def blackbox(n: int = 10, k: int = 3, **kwargs: Any) -> gym.Env:
+    return gym.make(BLACKBOX, f=weighted_sum, n=n, k=k, **kwargs)
+
+
+class ContextEnv(gym.Env):
+    """A tiny contextual KHot env: observation = item weights, reward = summed chosen weights."""
+
+    def __init__(self, n: int = 6, k: int = 2, allowed: Any = None) -> None:
+        self.n, self.k = n, k
+        self.action_space = KHot(n, k, allowed=allowed)
+        self.observation_space = spaces.Box(-1.0, 1.0, (n,), np.float32)
+        self._w = np.zeros(n, np.float32)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._w = self.np_random.uniform(-1, 1, self.n).astype(np.float32)
+        return self._w.copy(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if not self.action_space.contains(np.asarray(action).astype(np.int8)):
+            raise ValueError(f"expected a valid {self.action_space!r} action, found {action}")
+        return self._w.copy(), float(np.asarray(action) @ self._w), True, False, {}
+
+
+# ------------------------------------------------------------------------------ refusals
+@pytest.mark.parametrize(
+    "space", [spaces.MultiBinary(5), spaces.Discrete(5), spaces.Box(0, 1, (5,))]
+)
+def test_non_khot_space_is_refused(space: spaces.Space) -> None:
+    with pytest.raises(ValueError, match="expected a subset_rl.envs.KHot action space"):
+        check_k_hot_space(space)
+    obs = spaces.Box(0, 1, (1,), np.float32)
+    with pytest.raises(ValueError, match="KHot"):
+        KSubsetActorCriticPolicy(obs, space, lambda _: 1e-3)
+
+
+def test_ppo_on_plain_multibinary_env_is_refused(device: torch.device) -> None:
+    class PlainEnv(ContextEnv):
+        def __init__(self) -> None:
+            super().__init__()
+            self.action_space = spaces.MultiBinary(self.n)
+
+    with pytest.raises(ValueError, match="does not fix the number of ones"):
+        PPO(KSubsetActorCriticPolicy, PlainEnv(), device=device)
+
+
+def test_bad_policy_options_are_refused() -> None:
+    obs, act = spaces.Box(0, 1, (1,), np.float32), KHot(5, 2)
+    with pytest.raises(ValueError, match="use_sde"):
+        KSubsetActorCriticPolicy(obs, act, lambda _: 1e-3, use_sde=True)
+    with pytest.raises(ValueError, match="sampler"):
+        KSubsetActorCriticPolicy(obs, act, lambda _: 1e-3, sampler="bogus")
+    with pytest.raises(TypeError, match="entropy_grad"):
+        KSubsetActorCriticPolicy(obs, act, lambda _: 1e-3, entropy_grad=1)
+    with pytest.raises(ValueError, match="k: expected"):
+        KSubsetDistribution(5, 3, allowed=[True, True, False, False, False])
+    with pytest.raises(ValueError, match=r"shape \(5,\)"):
+        KSubsetDistribution(5, 2, allowed=[True, True])
+    with pytest.raises(TypeError, match="k: expected an int"):
+        KSubsetDistribution(5, 2.0)  # type: ignore[arg-type]
+    dist = KSubsetDistribution(5, 2)
+    with pytest.raises(ValueError, match=r"expected shape \(\.\.\., 5\)"):
+        dist.proba_distribution(torch.zeros(3, 4))
+
+
+def test_default_sb3_policy_builds_bernoulli_and_is_refused(device: torch.device) -> None:
+    """The pitfall: SB3's MlpPolicy on a KHot space is an independent-Bernoulli head."""
+    env = ContextEnv(n=8, k=2)
+    assert default_head_for(env.action_space) is BernoulliDistribution
+    default = PPO("MlpPolicy", env, device=device, **SMALL_PPO)
+    assert isinstance(default.policy.action_dist, BernoulliDistribution)
+    with pytest.raises(TypeError, match="KSubsetDistribution"):
+        check_k_hot_policy(default)
+    with pytest.raises(TypeError, match="KSubsetDistribution"):
+        default.learn(32, callback=KHotGuard())
+    ours = PPO(KSubsetActorCriticPolicy, env, device=device, **SMALL_PPO)
+    check_k_hot_policy(ours)
+    check_k_hot_policy(ours.policy)
+
+
+def test_guard_refuses_entropy_bonus_without_gradient(device: torch.device) -> None:
+    model = PPO(
+        KSubsetActorCriticPolicy,
+        ContextEnv(),
+        ent_coef=0.01,
+        policy_kwargs={"entropy_grad": False},
+        device=device,
+        **SMALL_PPO,
+    )
+    with pytest.raises(ValueError, match="entropy_grad=False"):
+        model.learn(32, callback=KHotGuard())
+
+
+# ------------------------------------------------------------------------------ distribution
+def _policy(device: torch.device, **kwargs: Any) -> KSubsetActorCriticPolicy:
+    env = ContextEnv(n=6, k=2, **kwargs)
+    return PPO(KSubsetActorCriticPolicy, env, device=device, seed=0, **SMALL_PPO).policy
+
+
+@pytest.mark.parametrize("allowed", [None, [0, 2, 3, 5]])
+def test_head_agrees_with_ksubset_policy(device: torch.device, allowed: Any) -> None:
+    policy = _policy(device, allowed=allowed)
+    obs = torch.rand(4, 6, device=device) * 2 - 1
+    with torch.no_grad():
+        policy.action_net.weight.normal_()  # spread the logits (the init is near uniform)
+    dist = policy.get_distribution(obs)
+    assert isinstance(dist, KSubsetDistribution)
+    assert isinstance(dist.distribution, KSubsetPolicy)
+    logits = policy.action_net(policy.mlp_extractor.forward_actor(policy.extract_features(obs)))
+    if allowed is not None:
+        mask = torch.zeros(6, dtype=torch.bool, device=device)
+        mask[allowed] = True
+        logits = logits.masked_fill(~mask, float("-inf"))
+    ref = KSubsetPolicy(logits, 2)
+    support = ref.enumerate_support()  # (C(6, 2), 4, 6)
+    torch.testing.assert_close(dist.log_prob(support), ref.log_prob(support))
+    torch.testing.assert_close(dist.entropy(), ref.entropy())
+    # entropy = -E[log p] by enumeration; probabilities sum to one
+    p = dist.log_prob(support).exp()
+    torch.testing.assert_close(p.sum(0), torch.ones(4, device=device))
+    h = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(0)
+    torch.testing.assert_close(dist.entropy(), h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dist.mode(), ref.mode)
+    # integer actions (the rollout buffer stores the space's int8 dtype) score the same
+    torch.testing.assert_close(dist.log_prob(ref.mode.to(torch.int8)), ref.log_prob(ref.mode))
+    actions = dist.sample()
+    assert actions.dtype == torch.float32 and actions.shape == (4, 6)
+    assert bool((actions.sum(-1) == 2).all())
+    if allowed is not None:
+        assert not bool(actions[:, ~mask].any()) and not bool(dist.mode()[:, ~mask].any())
+
+
+def test_entropy_gradient_is_finite_and_optional(device: torch.device) -> None:
+    policy = _policy(device, allowed=[0, 1, 2, 4])
+    obs = torch.rand(8, 6, device=device)
+    with torch.no_grad():
+        policy.action_net.weight.mul_(1000.0)  # extreme logits
+    dist = policy.get_distribution(obs)
+    h = dist.entropy()
+    assert bool(torch.isfinite(h).all()) and bool((h >= -1e-5).all())
+    h.sum().backward()
+    grads = [p.grad for p in policy.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+    # entropy_grad=False: same value, no graph
+    dist.entropy_grad = False
+    h0 = dist.entropy()
+    assert not h0.requires_grad
+    torch.testing.assert_close(h0, h.detach())
+
+
+# ------------------------------------------------------------------------------ training, predict
+@pytest.mark.parametrize("algo", [PPO, A2C])
+def test_train_and_predict_exact_k_hot(device: torch.device, algo: type) -> None:
+    env = blackbox(n=10, k=3, forbidden=[0, 9])
+    kwargs = SMALL_PPO if algo is PPO else {"n_steps": 8}
+    model = algo(KSubsetActorCriticPolicy, env, device=device, seed=0, **kwargs)
+    model.learn(256, callback=KHotGuard())
+    assert model.num_timesteps >= 256
+    obs = np.zeros(1, np.float32)
+    for deterministic in (True, False):
+        action, _ = model.predict(obs, deterministic=deterministic)
+        assert action.shape == (10,) and action.dtype == np.float32
+        assert set(np.unique(action)) <= {0.0, 1.0} and action.sum() == 3
+        assert action[0] == 0 and action[9] == 0
+        batch, _ = model.predict(np.zeros((5, 1), np.float32), deterministic=deterministic)
+        assert batch.shape == (5, 10) and batch.dtype == np.float32
+        assert (batch.sum(-1) == 3).all() and not batch[:, [0, 9]].any()
+
+
+def test_vec_env_training(device: torch.device) -> None:
+    venv = make_subset_vec_env(
+        BLACKBOX, n_envs=3, seed=0, env_kwargs={"f": weighted_sum, "n": 10, "k": 3}
+    )
+    model = PPO(KSubsetActorCriticPolicy, venv, device=device, seed=0, **SMALL_PPO)
+    model.learn(3 * 32, callback=KHotGuard())
+    actions, _ = model.predict(venv.reset())
+    assert actions.shape == (3, 10) and actions.dtype == np.float32
+    assert (actions.sum(-1) == 3).all()
+    venv.close()
+
+
+def test_subproc_vec_env_registers_in_children(device: torch.device) -> None:
+    # f is a partial of a numpy function: picklable by reference without importing this module.
+    f = functools.partial(np.dot, WEIGHTS)
+    venv = make_subset_vec_env(
+        BLACKBOX, n_envs=2, seed=0, subprocess=True, env_kwargs={"f": f, "n": 10, "k": 3}
+    )
+    try:
+        assert isinstance(venv, SubprocVecEnv)
+        model = PPO(KSubsetActorCriticPolicy, venv, device=device, seed=0, **SMALL_PPO)
+        model.learn(64, callback=KHotGuard())
+        assert model.num_timesteps >= 64
+    finally:
+        venv.close()
+
+
+SUBPROC_SCRIPT = """
+import sys
+
+if __name__ == "__main__":
+    # Nothing from subset_rl at module level: the children (which re-import this module) must
+    # get the registration from make_subset_vec_env's factory, not from this file.
+    from stable_baselines3 import PPO
+
+    from subset_rl.sb3 import KSubsetActorCriticPolicy, make_subset_vec_env
+
+    venv = make_subset_vec_env(
+        "subset_rl/KNNVoting-v0", n_envs=2, seed=0, subprocess=True, env_kwargs={"n": 12, "k": 3}
+    )
+    model = PPO(KSubsetActorCriticPolicy, venv, n_steps=16, batch_size=32, n_epochs=1,
+                device=sys.argv[1])
+    model.learn(32)
+    actions, _ = model.predict(venv.reset())
+    venv.close()
+    print("OK", actions.shape, int(actions.sum(-1).min()), int(actions.sum(-1).max()))
+"""
+
+
+@pytest.mark.slow
+def test_subproc_script_with_main_guard(tmp_path: Path, device: torch.device) -> None:
+    """A user script: a fresh interpreter, SubprocVecEnv children, a registered id (~20 s)."""
+    script = tmp_path / "train.py"
+    script.write_text(SUBPROC_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(device)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "OK (2, 12) 3 3"
+
+
+LOAD_SCRIPT = """
+import json
+import sys
+
+import numpy as np
+from stable_baselines3 import PPO
+
+if __name__ == "__main__":
+    model = PPO.load(sys.argv[1], device=sys.argv[2])
+    obs = np.load(sys.argv[3])
+    actions, _ = model.predict(obs, deterministic=True)
+    print(json.dumps({
+        "policy": type(model.policy).__module__ + "." + type(model.policy).__name__,
+        "space": repr(model.action_space),
+        "dtype": str(actions.dtype),
+        "actions": actions.tolist(),
+        "single": model.predict(obs[0], deterministic=True)[0].tolist(),
+    }))
+"""
+
+
+def test_save_load_round_trip_in_fresh_process(tmp_path: Path, device: torch.device) -> None:
+    allowed = [0, 1, 2, 3, 5]
+    model = PPO(
+        KSubsetActorCriticPolicy,
+        ContextEnv(n=6, k=2, allowed=allowed),
+        device=device,
+        seed=0,
+        policy_kwargs={"net_arch": [16], "entropy_grad": False},
+        **SMALL_PPO,
+    )
+    model.learn(64)
+    with torch.no_grad():
+        model.policy.action_net.weight.normal_()  # a non-trivial policy to compare
+    obs = np.random.default_rng(0).uniform(-1, 1, (16, 6)).astype(np.float32)
+    expected, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "model.zip")
+    np.save(tmp_path / "obs.npy", obs)
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_SCRIPT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "model.zip"),
+            str(device),
+            str(tmp_path / "obs.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["policy"] == "subset_rl.sb3.KSubsetActorCriticPolicy"
+    assert out["space"] == "KHot(6, 2, allowed=5 of 6)"
+    assert out["dtype"] == "float32"
+    np.testing.assert_array_equal(np.array(out["actions"], np.float32), expected)
+    np.testing.assert_array_equal(np.array(out["single"], np.float32), expected[0])
+    assert len({tuple(row) for row in expected}) > 1  # the comparison is not vacuous
+    # in-process load keeps the options
+    loaded = PPO.load(tmp_path / "model.zip", device=device)
+    assert loaded.policy.entropy_grad is False
+
+
+# ------------------------------------------------------------------------------ learning
+def test_ppo_learns_best_subset(device: torch.device) -> None:
+    """PPO (ppo_kwargs) finds the best 3 of 10 items of a fixed black box in 2048 steps."""
+    for seed in range(3):
+        venv = DummyVecEnv([lambda: make_blackbox_env(weighted_sum, n=10, k=3)] * 8)
+        model = PPO(
+            KSubsetActorCriticPolicy,
+            venv,
+            n_steps=16,
+            batch_size=64,
+            n_epochs=4,
+            seed=seed,
+            device=device,
+            policy_kwargs={"entropy_grad": False},
+            **ppo_kwargs(),
+        )
+        model.learn(2048, callback=KHotGuard())
+        action, _ = model.predict(np.zeros(1, np.float32), deterministic=True)
+        assert set(np.flatnonzero(action)) == BEST, f"seed {seed}: {np.flatnonzero(action)}"
+
+
+# ------------------------------------------------------------------------------ helpers
+def test_ppo_kwargs_and_mask_layout() -> None:
+    a, b = ppo_kwargs(), ppo_kwargs(n_steps=64)
+    assert a == {"learning_rate": 3e-4, "target_kl": 0.02}
+    assert b["n_steps"] == 64 and "n_steps" not in ppo_kwargs()
+    m = item_mask_to_multibinary([True, False, True])
+    np.testing.assert_array_equal(m, [True, True, True, False, True, True])
+    assert item_mask_to_multibinary(np.ones((4, 3), bool)).shape == (4, 6)
+
+
+# ------------------------------------------------------------------------------ sb3-contrib
+class MaskedEnv(ContextEnv):
+    """A fresh random set of forbidden items every episode, exposed through action_masks()."""
+
+    def __init__(self, n: int = 8, k: int = 2, n_forbidden: int = 3) -> None:
+        super().__init__(n, k)
+        self.n_forbidden = n_forbidden
+        self.item_mask = np.ones(n, bool)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict]:
+        obs, info = super().reset(seed=seed)
+        self.item_mask = np.ones(self.n, bool)
+        self.item_mask[self.np_random.choice(self.n, self.n_forbidden, replace=False)] = False
+        return obs, info
+
+    def action_masks(self) -> np.ndarray:
+        return item_mask_to_multibinary(self.item_mask)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if np.asarray(action)[~self.item_mask].any():
+            raise ValueError(f"masked item chosen: {action} with mask {self.item_mask}")
+        return super().step(action)
+
+
+def test_maskable_ppo(device: torch.device) -> None:
+    pytest.importorskip("sb3_contrib", reason="sb3-contrib not installed (optional MaskablePPO)")
+    from sb3_contrib import MaskablePPO
+
+    from subset_rl.sb3 import MaskableKSubsetActorCriticPolicy, MaskableKSubsetDistribution
+
+    env = MaskedEnv()
+    model = MaskablePPO(MaskableKSubsetActorCriticPolicy, env, device=device, seed=0, **SMALL_PPO)
+    assert isinstance(model.policy.action_dist, MaskableKSubsetDistribution)
+    check_k_hot_policy(model)
+    model.learn(128, callback=KHotGuard())  # MaskedEnv raises if a masked item is chosen
+    obs, _ = env.reset(seed=3)
+    item = env.item_mask
+    for masks in (env.action_masks(), item):
+        for deterministic in (True, False):
+            action, _ = model.predict(obs, deterministic=deterministic, action_masks=masks)
+            assert action.shape == (8,) and action.dtype == np.float32
+            assert action.sum() == 2 and not action[~item].any()
+    batch_masks = np.stack([item] * 4)
+    actions, _ = model.predict(np.stack([obs] * 4), action_masks=batch_masks)
+    assert actions.shape == (4, 8) and (actions.sum(-1) == 2).all()
+    assert not actions[:, ~item].any()
+    # log_prob under masks matches KSubsetPolicy with -inf logits
+    dist = model.policy.get_distribution(
+        torch.as_tensor(obs[None], device=device), action_masks=item
+    )
+    logits = dist._logits.masked_fill(~torch.as_tensor(item, device=device), float("-inf"))
+    ref = KSubsetPolicy(logits, 2)
+    mode = ref.mode
+    torch.testing.assert_close(dist.log_prob(mode), ref.log_prob(mode))
+    torch.testing.assert_close(dist.entropy(), ref.entropy())
+    # refusals: forcing an item in, too few items left, wrong size
+    forced = env.action_masks().copy()
+    forced[0] = False
+    with pytest.raises(ValueError, match="forcing items in"):
+        model.predict(obs, action_masks=forced)
+    with pytest.raises(ValueError, match="at least k=2"):
+        model.predict(obs, action_masks=np.eye(8, dtype=bool)[0])
+    with pytest.raises(ValueError, match="per-item entries"):
+        model.predict(obs, action_masks=np.ones(5, bool))
+    with pytest.raises(ValueError, match="KHot"):
+        MaskableKSubsetActorCriticPolicy(
+            env.observation_space, spaces.MultiBinary(8), lambda _: 1e-3
+        )
