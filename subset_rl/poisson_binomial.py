@@ -360,30 +360,61 @@ def marginals(logits: Tensor, k: int, method: Method = "auto") -> Tensor:
 # --------------------------------------------------------------------------------------------
 # Exact sampler
 # --------------------------------------------------------------------------------------------
+#: ``sampler="auto"`` draws by rejection while ``trials * samples * rows * n`` stays below this.
+_REJECTIVE_MAX_WORK = 1_000_000
+SAMPLE_METHODS: tuple[str, ...] = ("auto", "tree", "rejective")
+
+
+def _rejective_trials(n: int, k: int) -> int:
+    """Proposals per sample for rejective sampling: about 8 / P(sum = k), so a miss is rare.
+
+    After the shift, ``P(sum = k)`` is the Poisson-binomial pmf at its mode, roughly
+    ``1 / sqrt(2 pi v)``, and ``v <= k (1 - k / n)`` whatever the logits.
+    """
+    v = k * (1 - k / n)
+    return int(math.ceil(8 * (1 + math.sqrt(2 * math.pi * v))))
+
+
 def sample_conditional_poisson(
-    logits: Tensor, k: int, num_samples: int, generator: torch.Generator | None = None
+    logits: Tensor,
+    k: int,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+    method: str = "auto",
 ) -> Tensor:
-    r"""Exact samples from the conditional Poisson distribution, by splitting counts down a tree.
+    r"""Exact samples from the conditional Poisson distribution.
 
-    With the node pmfs of :func:`poisson_binomial_pmf_tree` (shared by all samples of a row), a
-    node with ``m`` chosen items splits them between its children ``A`` and ``B`` with
+    Two exact samplers, both drawing independent Bernoulli(:math:`\theta`) variables
+    (:math:`\theta = \sigma(l + c)` with the centring shift) conditioned on their sum being
+    ``k``, which is the CP distribution for any shift:
 
-    .. math:: P(|A| = j \mid |A| + |B| = m) \propto \mathrm{pmf}_A(j)\,\mathrm{pmf}_B(m - j),
+    * ``"tree"`` splits counts down the tree of node pmfs of
+      :func:`poisson_binomial_pmf_tree` (shared by all samples of a row): a node holding ``m``
+      chosen items gives ``j`` of them to its left child ``A`` with probability
 
-    starting from ``m = k`` at the root; at the leaves the counts are the sample. This is the
-    exact law of independent Bernoulli(:math:`\theta`) draws conditioned on their sum, which is
-    the CP distribution for any shift of the logits. Every level is vectorised over samples,
-    rows and nodes; there are ``log2(n)`` levels.
+      .. math:: P(|A| = j \mid |A| + |B| = m) \propto \mathrm{pmf}_A(j)\,\mathrm{pmf}_B(m - j),
+
+      from ``m = k`` at the root down to the leaves: ``log2(n)`` levels, each vectorised over
+      samples, rows and nodes.
+    * ``"rejective"`` draws ``T`` Bernoulli proposals per sample at once and keeps the first
+      whose sum is ``k`` (acceptance about :math:`1/\sqrt{2\pi v}` after the shift). If any
+      sample gets no acceptance, the whole call is redrawn with the tree, so the output is
+      exact either way. Few, large operations: the fast choice for few samples of few rows.
+
+    ``"auto"`` uses rejection while ``T * num_samples * rows * n`` is small, the tree otherwise.
 
     Args:
         logits: ``(B, n)`` logits (``-inf`` = never chosen), at least ``k`` finite per row.
         k: subset size.
         num_samples: samples per row.
         generator: optional ``torch.Generator`` for reproducibility.
+        method: ``"auto"``, ``"tree"`` or ``"rejective"``.
 
     Returns:
         ``(num_samples, B, n)`` tensor of 0/1 in the dtype of ``logits``, exactly ``k`` ones.
     """
+    if method not in SAMPLE_METHODS:
+        raise ValueError(f"method must be one of {SAMPLE_METHODS}, found {method!r}")
     B, n = logits.shape
     dev, dt = logits.device, logits.dtype
     S = num_samples
@@ -394,41 +425,73 @@ def sample_conditional_poisson(
         finite = torch.isfinite(logits)
         if bool((finite.sum(-1) == k).all()):
             return finite.to(dt).expand(S, B, n).clone()
-        c = centering_shift(logits, k)
-        levels, _, bounds = poisson_binomial_pmf_tree(logits + c, k, clean=True)
-        counts = torch.full((S, B, 1), k, dtype=torch.int64, device=dev)
-        b_idx = torch.arange(B, device=dev).view(1, B, 1)
-        n_idx = torch.arange(levels[0].shape[1], device=dev).view(1, 1, -1)
-        for level in range(len(levels) - 2, -1, -1):
-            pmf = levels[level]  # (B, 2 * nodes, L)
-            lo, hi = bounds[level]
-            a, b = pmf[:, 0::2], pmf[:, 1::2]  # (B, nodes, L)
-            lo_a, lo_b, hi_a, hi_b = lo[:, 0::2], lo[:, 1::2], hi[:, 0::2], hi[:, 1::2]
-            nodes, L = a.shape[1], a.shape[2]
-            m = counts  # (S, B, nodes)
-            if L == 2:
-                # Leaves: only m == 1 is random; A gets the item w.p. a1 b0 / (a1 b0 + a0 b1).
-                pa = a[..., 1] * b[..., 0]
-                pb = a[..., 0] * b[..., 1]
-                q = pa / (pa + pb).clamp_min(torch.finfo(dt).tiny)
-                u = torch.rand(S, B, nodes, dtype=dt, device=dev, generator=generator)
-                ja = torch.where(m == 1, (u < q).to(torch.int64), m // 2)
+        shifted = logits + centering_shift(logits, k)
+        trials = _rejective_trials(n, k)
+        if method == "rejective" or (
+            method == "auto" and trials * S * B * n <= _REJECTIVE_MAX_WORK
+        ):
+            z = _sample_rejective(shifted, k, S, trials, generator)
+            if z is not None:
+                return z
+        return _sample_tree(shifted, k, S, generator)
+
+
+def _sample_rejective(
+    shifted: Tensor, k: int, S: int, trials: int, generator: torch.Generator | None
+) -> Tensor | None:
+    """First proposal with sum ``k`` out of ``trials`` per sample, or ``None`` if any missed."""
+    B, n = shifted.shape
+    theta = torch.sigmoid(shifted)
+    u = torch.rand(trials, S, B, n, dtype=theta.dtype, device=theta.device, generator=generator)
+    proposals = u < theta
+    accepted = proposals.sum(-1) == k  # (T, S, B)
+    if not bool(accepted.any(0).all()):
+        return None
+    first = accepted.to(torch.int8).argmax(0)  # (S, B): index of the first accepted proposal
+    index = first.view(1, S, B, 1).expand(1, S, B, n)
+    return proposals.gather(0, index)[0].to(shifted.dtype)
+
+
+def _sample_tree(
+    shifted: Tensor, k: int, S: int, generator: torch.Generator | None
+) -> Tensor:
+    """The tree sampler (see :func:`sample_conditional_poisson`)."""
+    B, n = shifted.shape
+    dev, dt = shifted.device, shifted.dtype
+    levels, _, bounds = poisson_binomial_pmf_tree(shifted, k, clean=True)
+    counts = torch.full((S, B, 1), k, dtype=torch.int64, device=dev)
+    b_idx = torch.arange(B, device=dev).view(1, B, 1)
+    n_idx = torch.arange(levels[0].shape[1], device=dev).view(1, 1, -1)
+    for level in range(len(levels) - 2, -1, -1):
+        pmf = levels[level]  # (B, 2 * nodes, L)
+        lo, hi = bounds[level]
+        a, b = pmf[:, 0::2], pmf[:, 1::2]  # (B, nodes, L)
+        lo_a, lo_b, hi_a, hi_b = lo[:, 0::2], lo[:, 1::2], hi[:, 0::2], hi[:, 1::2]
+        nodes, L = a.shape[1], a.shape[2]
+        m = counts  # (S, B, nodes)
+        if L == 2:
+            # Leaves: only m == 1 is random; A gets the item w.p. a1 b0 / (a1 b0 + a0 b1).
+            pa = a[..., 1] * b[..., 0]
+            pb = a[..., 0] * b[..., 1]
+            q = pa / (pa + pb).clamp_min(torch.finfo(dt).tiny)
+            u = torch.rand(S, B, nodes, dtype=dt, device=dev, generator=generator)
+            ja = torch.where(m == 1, (u < q).to(torch.int64), m // 2)
+        else:
+            # win[s, j] = b[(2L - 2 - s) - j] (zero outside 0..L-1): the reversed, padded
+            # b seen through sliding windows, a view. Row s = 2L - 2 - m holds b[m - j].
+            win = torch.nn.functional.pad(b.flip(-1), (L - 1, L - 1)).unfold(-1, L, 1)
+            row = (2 * L - 2 - m).clamp_min(0)  # (S, B, nodes); m <= 2L - 2 always
+            if 2 * L - 1 <= 2 * S:
+                # Few counts: tabulate the split CDF once per node, shared by all samples.
+                table = (a.unsqueeze(-2) * win).cumsum(-1)  # (B, nodes, 2L - 1, L)
+                cdf = table[b_idx, n_idx[:, :, :nodes], row]
             else:
-                # win[s, j] = b[(2L - 2 - s) - j] (zero outside 0..L-1): the reversed, padded
-                # b seen through sliding windows, a view. Row s = 2L - 2 - m holds b[m - j].
-                win = torch.nn.functional.pad(b.flip(-1), (L - 1, L - 1)).unfold(-1, L, 1)
-                row = (2 * L - 2 - m).clamp_min(0)  # (S, B, nodes); m <= 2L - 2 always
-                if 2 * L - 1 <= 2 * S:
-                    # Few counts: tabulate the split CDF once per node, shared by all samples.
-                    table = (a.unsqueeze(-2) * win).cumsum(-1)  # (B, nodes, 2L - 1, L)
-                    cdf = table[b_idx, n_idx[:, :, :nodes], row]
-                else:
-                    cdf = (a.unsqueeze(0) * win[b_idx, n_idx[:, :, :nodes], row]).cumsum(-1)
-                u = torch.rand(S, B, nodes, 1, dtype=dt, device=dev, generator=generator)
-                ja = (cdf <= u * cdf[..., -1:]).sum(-1)
-            # Keep the split feasible whatever round-off did (a no-op for a valid draw).
-            lo_int = torch.maximum(lo_a.unsqueeze(0), m - hi_b.unsqueeze(0))
-            hi_int = torch.minimum(hi_a.unsqueeze(0), m - lo_b.unsqueeze(0))
-            ja = torch.minimum(torch.maximum(ja, lo_int), hi_int)
-            counts = torch.stack([ja, m - ja], dim=-1).flatten(-2)
-        return counts[..., :n].to(dt)
+                cdf = (a.unsqueeze(0) * win[b_idx, n_idx[:, :, :nodes], row]).cumsum(-1)
+            u = torch.rand(S, B, nodes, 1, dtype=dt, device=dev, generator=generator)
+            ja = (cdf <= u * cdf[..., -1:]).sum(-1)
+        # Keep the split feasible whatever round-off did (a no-op for a valid draw).
+        lo_int = torch.maximum(lo_a.unsqueeze(0), m - hi_b.unsqueeze(0))
+        hi_int = torch.minimum(hi_a.unsqueeze(0), m - lo_b.unsqueeze(0))
+        ja = torch.minimum(torch.maximum(ja, lo_int), hi_int)
+        counts = torch.stack([ja, m - ja], dim=-1).flatten(-2)
+    return counts[..., :n].to(dt)

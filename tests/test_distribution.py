@@ -10,7 +10,7 @@ import torch
 from reference import enumerate_subsets, enumerated_pmf, log_esp_dp
 from scipy.stats import chisquare
 
-from subset_rl import KHot, KSubsetPolicy, log_normalizer, marginals
+from subset_rl import KHot, KSubsetPolicy, log_normalizer, marginals, sample_conditional_poisson
 from subset_rl.poisson_binomial import _log_pb_dft
 
 INF = math.inf
@@ -255,14 +255,16 @@ def _counts(z: np.ndarray, subsets: np.ndarray) -> np.ndarray:
     return out
 
 
+@pytest.mark.parametrize("method", ["tree", "rejective"])
 @pytest.mark.parametrize(
     "name", ["n6k2", "n7k3-wide", "n8k1", "n8k7", "n10k5", "n7k3-masked", "n9k4-offset-5"]
 )
-def test_exact_sampler_chi_square(name, device):
+def test_exact_sampler_chi_square(name, method, device):
     logits, k = SMALL_CASES[name]
-    d = KSubsetPolicy(logits.to(device).float(), k)
     gen = torch.Generator(device=device).manual_seed(1234)
-    z = d.sample((60_000,), generator=gen).cpu().numpy()
+    x = logits.to(device).float().unsqueeze(0)
+    z = sample_conditional_poisson(x, k, 60_000, generator=gen, method=method)[:, 0]
+    z = z.cpu().numpy()
     assert (z.sum(-1) == k).all()
     subsets, p = _enumerated(logits, k)
     counts = _counts(z, subsets)
@@ -270,6 +272,30 @@ def test_exact_sampler_chi_square(name, device):
     assert counts[~nz].sum() == 0  # never a subset with a masked item
     pvalue = chisquare(counts[nz], p[nz] * len(z)).pvalue
     assert pvalue > ALPHA, f"{name}: p-value {pvalue}"
+
+
+def test_auto_sampler_uses_both_methods_and_both_are_exact(device, monkeypatch):
+    """Small draws go by rejection, large ones by the tree; a rejection miss falls back."""
+    import subset_rl.poisson_binomial as pb
+
+    calls = []
+    for name in ("_sample_rejective", "_sample_tree"):
+        original = getattr(pb, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(pb, name, spy)
+    logits = torch.randn(1, 8, device=device)
+    KSubsetPolicy(logits, 3).sample((4,))
+    KSubsetPolicy(logits.expand(64, 8), 3).sample((4096,))
+    assert calls == ["_sample_rejective", "_sample_tree"]
+    # A row whose acceptance is tiny with 1 trial: the rejective draw misses, the tree answers.
+    calls.clear()
+    monkeypatch.setattr(pb, "_rejective_trials", lambda n, k: 1)
+    z = pb.sample_conditional_poisson(torch.randn(2, 40, device=device) * 3, 20, 5)
+    assert calls == ["_sample_rejective", "_sample_tree"] and torch.all(z.sum(-1) == 20)
 
 
 def test_exact_sampler_batched_rows_are_independent_distributions(device):
@@ -296,6 +322,11 @@ def test_exact_sampler_large_n_marginals(device):
     zscore = ((z.mean(0) - pi) / se).abs()
     # 300 items, |z| > 4.9 has probability 1e-6 each under the null.
     assert zscore.max().item() < 4.9
+
+
+def test_sampler_method_is_checked():
+    with pytest.raises(ValueError, match="method must be one of"):
+        sample_conditional_poisson(torch.zeros(1, 4), 2, 1, method="gibbs")
 
 
 def test_sample_reproducible_with_generator(device):
