@@ -150,6 +150,17 @@ def test_guard_refuses_entropy_bonus_without_gradient(device: torch.device) -> N
         model.learn(32, callback=KHotGuard())
 
 
+def test_guard_catches_wrong_counts(device: torch.device) -> None:
+    model = PPO(KSubsetActorCriticPolicy, ContextEnv(n=6, k=2), device=device, **SMALL_PPO)
+    guard = KHotGuard()
+    guard.init_callback(model)
+    guard.update_locals({"actions": np.array([[1, 1, 0, 0, 0, 0]], np.float32)})
+    assert guard.on_step() is True
+    guard.update_locals({"actions": np.array([[1, 1, 1, 0, 0, 0]], np.float32)})
+    with pytest.raises(ValueError, match=r"expected k=2 ones per action, found counts \[3\]"):
+        guard.on_step()
+
+
 # ------------------------------------------------------------------------------ distribution
 def _policy(device: torch.device, **kwargs: Any) -> KSubsetActorCriticPolicy:
     env = ContextEnv(n=6, k=2, **kwargs)
@@ -456,3 +467,25 @@ def test_maskable_ppo(device: torch.device) -> None:
         MaskableKSubsetActorCriticPolicy(
             env.observation_space, spaces.MultiBinary(8), lambda _: 1e-3
         )
+
+
+def test_without_sb3_contrib_the_maskable_names_say_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    import subset_rl.sb3
+
+    for name in [m for m in sys.modules if m == "sb3_contrib" or m.startswith("sb3_contrib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "sb3_contrib", None)
+    spec = importlib.util.spec_from_file_location("subset_rl._sb3_probe", subset_rl.sb3.__file__)
+    assert spec is not None and spec.loader is not None
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.HAS_SB3_CONTRIB is False
+    assert probe.KSubsetActorCriticPolicy is not None
+    with pytest.raises(ImportError, match="pip install sb3-contrib"):
+        _ = probe.MaskableKSubsetActorCriticPolicy
+    with pytest.raises(AttributeError):
+        _ = probe.no_such_name
