@@ -38,7 +38,7 @@ class SubsetEnv(gym.Env[NDArray[np.float32], NDArray[np.int8]]):
             evaluated). Wrong shapes, non-numeric dtypes and NaN/inf always raise.
         invalid_penalty: Reward of a penalized action.
         horizon: Number of steps (independent contexts) per episode.
-        render_mode: Must be ``None`` (no rendering).
+        render_mode: Must be ``None`` (no rendering); anything else raises ``TypeError``.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -57,7 +57,11 @@ class SubsetEnv(gym.Env[NDArray[np.float32], NDArray[np.int8]]):
                 f"objective: expected a SubsetObjective, found {type(objective).__name__}"
             )
         if render_mode is not None:
-            raise ValueError(f"render_mode: expected None (no rendering), found {render_mode!r}")
+            # TypeError (not ValueError): the env takes no rendering argument, and callers such
+            # as SB3's make_vec_env retry without it on TypeError.
+            raise TypeError(
+                f"render_mode: this env does not render; expected None, found {render_mode!r}"
+            )
         self.render_mode = None
         self.objective = objective
         self.invalid_action = check_choice("invalid_action", invalid_action, INVALID_ACTION_MODES)

@@ -322,7 +322,7 @@ def test_bad_env_arguments() -> None:
         make("blackbox", invalid_action="clip")
     with pytest.raises(ValueError, match="horizon"):
         make("blackbox", horizon=0)
-    with pytest.raises(ValueError, match="render_mode"):
+    with pytest.raises(TypeError, match="render_mode"):
         E.BlackBoxSubsetEnv(weighted_sum, 4, 2, render_mode="human")
     with pytest.raises(TypeError, match="f: expected a callable"):
         E.BlackBoxSubsetEnv(3, 4, 2)
@@ -456,3 +456,19 @@ def test_sb3_subproc_vec_env_registers_in_children() -> None:
             assert dones.all() and ((rewards >= 0) & (rewards <= 1)).all()
     finally:
         venv.close()
+
+
+def test_sb3_make_vec_env_works_with_every_id() -> None:
+    """SB3's make_vec_env asks for render_mode='rgb_array' and retries without it on TypeError."""
+    import warnings
+
+    from stable_baselines3.common.env_util import make_vec_env
+
+    for env_id in ["subset_rl/SensorPlacement-v0", "subset_rl/KNNVoting-v0"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            venv = make_vec_env(env_id, n_envs=2, seed=0)
+        obs = venv.reset()
+        actions = np.stack([venv.action_space.sample() for _ in range(2)])
+        _, rewards, dones, _ = venv.step(actions)
+        assert obs.shape[0] == 2 and rewards.shape == (2,) and dones.all()
