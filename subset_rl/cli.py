@@ -1,0 +1,895 @@
+"""The ``subset-rl`` command line: list the environments, train an agent, evaluate a checkpoint.
+
+::
+
+    subset-rl envs
+    subset-rl train subset_rl/SensorPlacement-v0             # SFESS, about a minute on 2 cores
+    subset-rl train subset_rl/KNNVoting-v0 --agent ppo --steps 20000
+    subset-rl eval runs/SensorPlacement-v0-sfess-0           # or .../model.pt, .../model.zip
+
+``train`` shows a progress bar (``--quiet`` hides it), writes TensorBoard logs, periodic
+checkpoints and the final model under ``--logdir`` (default ``runs/<env>-<agent>-<seed>``), then
+prints a table: the trained policy's deterministic reward on held-out contexts drawn from a fixed
+evaluation generator, the baselines of that env on the *same* contexts (uniformly random
+k-subsets for every env; QR pivoting for sensor placement; the k nearest candidates for k-NN
+voting; the highest-variance features for feature acquisition), and the wall time. It also saves
+a picture of what was selected (see :mod:`subset_rl.plots`). ``eval`` reloads a model (the env id
+is stored in it) and prints the same table.
+
+Any env with a :class:`~subset_rl.envs.KHot` action space works, including your own: pass
+``your_module:your_ns/YourEnv-v0`` so that the module registering it is imported.
+
+User errors (an unknown env id, ``k`` larger than ``n``, a pathwise estimator on a
+non-differentiable objective, a device that is not available, ...) print one line,
+``subset-rl <command>: error: ...``, and exit with status 2, as argparse does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+    import torch
+
+    from subset_rl.envs import Context, SubsetObjective
+
+__all__ = [
+    "AGENTS",
+    "EVAL_SEED",
+    "CLIError",
+    "EvalResult",
+    "build_parser",
+    "evaluate",
+    "main",
+]
+
+SB3_AGENTS: tuple[str, ...] = ("ppo", "a2c")
+PATHWISE_AGENTS: tuple[str, ...] = ("gs", "stgs", "simple", "imle", "aimle", "intermediate")
+AGENTS: tuple[str, ...] = ("sfess", *SB3_AGENTS, *PATHWISE_AGENTS)
+"""Names accepted by ``--agent``."""
+
+EVAL_SEED = 2**31 - 1
+"""Seed of the evaluation generator (the one :meth:`BaseAgent.evaluate` uses too)."""
+
+NATIVE_DEFAULTS: dict[str, Any] = {
+    "steps": 500, "num_samples": 16, "batch_size": 16, "lr": 1e-2,
+    "max_grad_norm": None, "ent_coef": 0.0,
+}
+"""Settings of the native agents (``sfess`` and the pathwise estimators) on any env."""
+
+RECOMMENDED: dict[str, dict[str, Any]] = {
+    # A free logit vector over the 256 cells; heavy-tailed rewards (a badly conditioned
+    # placement has a relative error in the hundreds) call for clipping and a little entropy.
+    "subset_rl/SensorPlacement-v0": {
+        "steps": 1500, "num_samples": 16, "batch_size": 4, "lr": 0.1,
+        "max_grad_norm": 1.0, "ent_coef": 0.01,
+    },
+    # An MLP on the query and its candidates.
+    "subset_rl/KNNVoting-v0": {"lr": 1e-3},
+}
+"""Per-env overrides of :data:`NATIVE_DEFAULTS` for the ``sfess`` agent."""
+
+SB3_DEFAULTS: dict[str, Any] = {"steps": 20_000, "n_envs": 8, "batch_size": 128, "n_steps": 64}
+"""Settings of ``ppo`` / ``a2c``; their ``--steps`` counts environment steps."""
+
+RANDOM_SAMPLES = 32
+"""Random k-subsets per evaluation context for the random baseline."""
+
+
+class CLIError(Exception):
+    """A usage error: printed as ``subset-rl <command>: error: <message>``, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Arguments
+# ------------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {value}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected JSON, found {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"n\": 50}}', found {text!r}"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``subset-rl`` argument parser (sub-commands ``envs``, ``train`` and ``eval``)."""
+    parser = argparse.ArgumentParser(
+        prog="subset-rl",
+        description="Learn to choose k of n items for black-box objectives.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser("envs", help="list the registered subset_rl environments",
+                   description="List the registered subset_rl environments with n and k.")
+
+    train = sub.add_parser(
+        "train", help="train an agent on an env and compare it with the baselines",
+        description="Train an agent, then print its reward next to the env's baselines on the "
+        "same held-out contexts, and save a picture of what it selects.",
+    )
+    train.add_argument("env_id", metavar="ENV_ID",
+                       help="a registered id, e.g. subset_rl/SensorPlacement-v0 (or "
+                       "module:ns/Name-v0 for an env registered by your own module)")
+    train.add_argument("--agent", choices=AGENTS, default="sfess",
+                       help="sfess (score function + leave-one-out, default), ppo / a2c "
+                       "(Stable-Baselines3 with the k-hot policy), or a pathwise estimator "
+                       "(differentiable objectives only)")
+    train.add_argument("--k", type=_positive_int, default=None,
+                       help="number of items to choose (default: the env's)")
+    train.add_argument("--steps", type=_positive_int, default=None,
+                       help="gradient steps for sfess and the pathwise agents; environment "
+                       "steps for ppo/a2c (default: tuned per env)")
+    train.add_argument("--num-samples", type=_positive_int, default=None,
+                       help="samples per context (sfess: >= 2 for leave-one-out)")
+    train.add_argument("--batch-size", type=_positive_int, default=None,
+                       help="contexts per step (ppo: minibatch size)")
+    train.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
+    train.add_argument("--policy", choices=("auto", "free", "mlp", "ip"), default="auto",
+                       help="native agents: free logits, an MLP on the observation, or the "
+                       "indirect parameterization (default: free for context-free envs)")
+    train.add_argument("--max-grad-norm", type=_positive_float, default=None,
+                       help="gradient clipping of the native agents")
+    train.add_argument("--ent-coef", type=float, default=None,
+                       help="entropy bonus (sfess, ppo, a2c)")
+    train.add_argument("--n-envs", type=_positive_int, default=None,
+                       help=f"ppo/a2c: parallel envs (default {SB3_DEFAULTS['n_envs']})")
+    train.add_argument("--env-kwargs", type=_json_object, default=None, metavar="JSON",
+                       help="keyword arguments of the env, e.g. '{\"n\": 50, \"noise_std\": 0.05}'")
+    train.add_argument("--device", default="auto",
+                       help="cpu, cuda, cuda:1 or auto (default: cuda when available)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
+    train.add_argument("--logdir", type=Path, default=None,
+                       help="TensorBoard logs, checkpoints, model and plot (default "
+                       "runs/<env>-<agent>-<seed>)")
+    train.add_argument("--checkpoint-freq", type=_positive_int, default=None,
+                       help="steps between checkpoints (default: 5 per run)")
+    _add_eval_options(train)
+
+    ev = sub.add_parser(
+        "eval", help="evaluate a saved model and compare it with the baselines",
+        description="Reload a model saved by `subset-rl train` (a model.pt, model.zip or a "
+        "periodic checkpoint, or the run folder) and print the same table.",
+    )
+    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                    help="model file or the run folder holding model.pt / model.zip")
+    ev.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    _add_eval_options(ev)
+    return parser
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval-contexts", type=_positive_int, default=256,
+                        help="held-out contexts for the table (default 256)")
+    parser.add_argument("--no-plot", action="store_true", help="do not save the plot")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bar or notes (the table is still printed)")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="CPU threads of torch (default 1: these small batched steps run "
+                        "fastest on one thread, and far faster than on two busy cores)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Environments
+# ------------------------------------------------------------------------------------------------
+def _registered_ids() -> list[str]:
+    import gymnasium as gym
+
+    import subset_rl.envs  # noqa: F401  (registers the ids)
+
+    return sorted(i for i in gym.registry if i.startswith("subset_rl/"))
+
+
+def _describe(env_id: str) -> str:
+    """First line of the env class docstring."""
+    import gymnasium as gym
+
+    spec = gym.spec(env_id)
+    entry = spec.entry_point
+    if isinstance(entry, str):
+        module, _, name = entry.partition(":")
+        import importlib
+
+        entry = getattr(importlib.import_module(module), name)
+    doc = (getattr(entry, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].replace("``", "") if doc else ""
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env[Any, Any]:
+    """``gymnasium.make`` with the failures a user can cause turned into :class:`CLIError`."""
+    import gymnasium as gym
+
+    import subset_rl.envs  # noqa: F401
+
+    shown = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
+    try:
+        env = gym.make(env_id, **env_kwargs)
+    except gym.error.Error as err:
+        if ":" in env_id and "registration via importing a module failed" in str(err):
+            reason = str(err).split(". Environment registration")[0]
+            raise CLIError(f"cannot import the module of {env_id!r}: {reason}") from None
+        raise CLIError(
+            f"unknown env id {env_id!r}; registered subset_rl envs: {', '.join(_registered_ids())}"
+            " (see `subset-rl envs`; for an env of your own pass 'your_module:ns/Name-v0')"
+        ) from None
+    except TypeError as err:
+        hint = ""
+        if "BlackBoxSubset" in env_id:
+            hint = ("; it wraps a Python callable f(z) -> float: register your own env with "
+                    "make_blackbox_env (see examples/custom_env.py) and pass its id")
+        raise CLIError(f"cannot make {env_id}: {err}{hint}") from None
+    except ValueError as err:
+        raise CLIError(f"cannot make {env_id}" + (f" with {shown}" if shown else "")
+                       + f": {err}") from None
+    k = getattr(env.action_space, "k", None)
+    if k is None:
+        env.close()
+        raise CLIError(
+            f"{env_id} has action space {env.action_space}, not a KHot(n, k) space: "
+            "subset-rl trains policies that choose exactly k items"
+        )
+    return env
+
+
+def _objective_of(env: gym.Env[Any, Any]) -> SubsetObjective:
+    from subset_rl.agents import resolve_objective
+
+    return resolve_objective(env)
+
+
+def _slug(env_id: str) -> str:
+    name = env_id.split(":")[-1].split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _check_device(device: str) -> torch.device:
+    from subset_rl.agents import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ValueError as err:
+        raise CLIError(f"--device: {err}") from None
+
+
+def _differentiable(objective: SubsetObjective) -> tuple[bool, str]:
+    """Whether the reward has a non-zero gradient in the action, and why not.
+
+    Honours an objective's own ``differentiable`` attribute; otherwise probes the gradient at
+    random k-hot actions (a reward that is piecewise constant in the action has a zero or no
+    gradient there).
+    """
+    import torch
+
+    flag = getattr(objective, "differentiable", None)
+    if isinstance(flag, bool):
+        return flag, "it declares differentiable=False"
+    gen = torch.Generator().manual_seed(0)
+    ctx = objective.sample_context(2, generator=gen)
+    keys = torch.rand(4, 2, objective.n, generator=gen).to(objective.device)
+    keys = keys.masked_fill(~objective.allowed, -1.0)
+    z = torch.zeros_like(keys).scatter_(-1, keys.topk(objective.k, dim=-1).indices, 1.0)
+    z = z.to(objective.dtype).requires_grad_(True)
+    with torch.enable_grad():
+        reward = objective.evaluate(z, ctx, validate=False)["reward"]
+        if not reward.requires_grad:
+            return False, "its reward carries no gradient"
+        (grad,) = torch.autograd.grad(reward.sum(), z, allow_unused=True)
+    if grad is None or not bool((grad != 0).any()):
+        return False, "its reward has a zero gradient in the action"
+    return True, ""
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One line of the result table.
+
+    Attributes:
+        name: Method.
+        rewards: Rewards of shape ``(samples, contexts)`` on the evaluation contexts.
+        success: Success indicators of the same shape, if the objective defines success.
+    """
+
+    name: str
+    rewards: Any
+    success: Any = None
+
+    def summary(self) -> dict[str, float]:
+        """Mean, standard error over contexts, median and success rate."""
+        r = self.rewards.double()
+        per_context = r.mean(0)
+        count = per_context.numel()
+        sem = float(per_context.std() / math.sqrt(count)) if count > 1 else float("nan")
+        out = {"mean": float(r.mean()), "sem": sem, "median": float(r.median())}
+        if self.success is not None:
+            out["success"] = float(self.success.double().mean())
+        return out
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` measured.
+
+    Attributes:
+        rows: The policy first, then the baselines.
+        context: The evaluation contexts.
+        actions: The policy's deterministic actions ``(contexts, n)``.
+        marginals: Its inclusion probabilities ``(contexts, n)``, when available.
+        deterministic_baselines: Baseline actions ``(contexts, n)`` to draw in the plot.
+        seconds: Wall time of the evaluation.
+    """
+
+    rows: list[Row]
+    context: Context
+    actions: Any
+    marginals: Any = None
+    deterministic_baselines: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, dict[str, float]]:
+        """The summaries by method name."""
+        return {row.name: row.summary() for row in self.rows}
+
+
+def _score(objective: SubsetObjective, z: torch.Tensor, ctx: Context) -> tuple[Any, Any]:
+    import torch
+
+    with torch.no_grad():
+        values = objective.evaluate(z.to(objective.device), ctx, validate=True)
+    return values["reward"].cpu(), (values["success"].cpu() if "success" in values else None)
+
+
+def _random_subsets(objective: SubsetObjective, samples: int, batch: int,
+                    gen: torch.Generator) -> torch.Tensor:
+    """Uniform k-subsets of the allowed items, shape ``(samples, batch, n)``."""
+    import torch
+
+    keys = torch.rand(samples, batch, objective.n, generator=gen)
+    keys = keys.masked_fill(~objective.allowed.cpu(), -1.0)
+    idx = keys.topk(objective.k, dim=-1).indices
+    return torch.zeros(samples, batch, objective.n).scatter_(-1, idx, 1.0)
+
+
+def baselines(objective: SubsetObjective, ctx: Context, gen: torch.Generator,
+              random_samples: int = RANDOM_SAMPLES) -> dict[str, torch.Tensor]:
+    """The baselines of an objective as k-hot actions ``(samples, batch, n)``.
+
+    Every objective gets uniformly random k-subsets; sensor placement also QR pivoting, k-NN
+    voting the k nearest candidates (Euclidean, in the env's feature space), feature acquisition
+    the k features of largest variance over the data set (no labels used).
+    """
+    import torch
+
+    from subset_rl.envs import (
+        FeatureAcquisitionObjective,
+        KNNVotingObjective,
+        SensorPlacementObjective,
+    )
+
+    batch, n, k = ctx.batch_size, objective.n, objective.k
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(objective, SensorPlacementObjective):
+        qr = torch.as_tensor(objective.qr_placement(), dtype=torch.float32)
+        out["QR pivoting"] = qr.expand(1, batch, n).clone()
+    elif isinstance(objective, KNNVotingObjective):
+        dist = (ctx.candidates - ctx.query.unsqueeze(1)).norm(dim=-1).cpu()
+        idx = dist.topk(k, dim=-1, largest=False).indices
+        out[f"{k} nearest candidates"] = torch.zeros(1, batch, n).scatter_(-1, idx[None], 1.0)
+    elif isinstance(objective, FeatureAcquisitionObjective):
+        var = torch.as_tensor(objective.dataset.X.var(0), dtype=torch.float32)
+        var = var.masked_fill(~objective.allowed.cpu(), -1.0)
+        z = torch.zeros(n).scatter_(0, var.topk(k).indices, 1.0)
+        out["highest-variance features"] = z.expand(1, batch, n).clone()
+    samples = random_samples if type(objective).__name__ != "GymEnvObjective" else 4
+    out[f"random k-subset (mean of {samples})"] = _random_subsets(objective, samples, batch, gen)
+    return out
+
+
+def evaluate(
+    objective: SubsetObjective,
+    act: Callable[[Any], tuple[Any, Any]],
+    policy_name: str,
+    num_contexts: int = 256,
+) -> EvalResult:
+    """Scores a policy and the baselines on the same held-out contexts.
+
+    Args:
+        objective: The batched objective.
+        act: Maps observations ``(contexts, obs_dim)`` to the policy's deterministic k-hot
+            actions ``(contexts, n)`` and its inclusion probabilities (or ``None``).
+        policy_name: Name of the policy's row.
+        num_contexts: Number of contexts, drawn with a generator seeded with
+            :data:`EVAL_SEED` (the same contexts for every policy and every run).
+
+    Returns:
+        The table rows and what the plot needs.
+    """
+    import torch
+
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(EVAL_SEED)
+    ctx = objective.sample_context(num_contexts, generator=gen)
+    with torch.no_grad():
+        actions, marginals = act(ctx.obs)
+    actions = torch.as_tensor(actions).float().cpu()
+    rows = [Row(policy_name, *_score(objective, actions.unsqueeze(0), ctx))]
+    deterministic = {}
+    for name, z in baselines(objective, ctx, gen).items():
+        rows.append(Row(name, *_score(objective, z, ctx)))
+        if z.shape[0] == 1:
+            deterministic[name] = z[0]
+    return EvalResult(
+        rows=rows, context=ctx, actions=actions,
+        marginals=None if marginals is None else torch.as_tensor(marginals).float().cpu(),
+        deterministic_baselines=deterministic, seconds=time.perf_counter() - start,
+    )
+
+
+def format_table(result: EvalResult, header: list[str], times: list[tuple[str, float]]) -> str:
+    """The result table as text."""
+    summaries = [(row.name, row.summary()) for row in result.rows]
+    has_success = all("success" in s for _, s in summaries)
+    width = max(len(name) for name, _ in summaries) + 2
+    lines = [*header, ""]
+    title = f"  {'method':<{width}}{'reward (mean ± s.e.)':>24}{'median':>11}"
+    if has_success:
+        title += f"{'success':>10}"
+    lines += [title, "  " + "-" * (len(title) - 2)]
+    for name, s in summaries:
+        line = f"  {name:<{width}}{s['mean']:>13.4f} ± {s['sem']:<8.4f}{s['median']:>11.4f}"
+        if has_success:
+            line += f"{100 * s['success']:>9.1f}%"
+        lines.append(line)
+    lines += ["", "  wall time: " + ", ".join(f"{what} {sec:.1f} s" for what, sec in times)]
+    return "\n".join(lines)
+
+
+def _save_plot(objective: SubsetObjective, result: EvalResult, path: Path, policy_name: str,
+               title: str, quiet: bool) -> Path | None:
+    from subset_rl.plots import matplotlib_available, plot_selection
+
+    if not matplotlib_available():
+        if not quiet:
+            print("note: matplotlib is not installed, so no plot was saved "
+                  "(pip install matplotlib, or the dev extra)")
+        return None
+    return plot_selection(
+        objective, result.context, result.actions.numpy(), path,
+        marginals=None if result.marginals is None else result.marginals.numpy(),
+        baselines={k: v.numpy() for k, v in result.deterministic_baselines.items()},
+        policy_name=policy_name, title=title,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Agents
+# ------------------------------------------------------------------------------------------------
+def _native_act(agent: Any) -> Callable[[Any], tuple[Any, Any]]:
+    def act(obs: Any) -> tuple[Any, Any]:
+        dist = agent.distribution(obs.to(agent.device))
+        return dist.mode.cpu(), dist.marginals.cpu()
+
+    return act
+
+
+def _sb3_act(model: Any) -> Callable[[Any], tuple[Any, Any]]:
+    import numpy as np
+    import torch
+
+    def act(obs: Any) -> tuple[Any, Any]:
+        obs_np = obs.cpu().numpy().astype(np.float32)
+        actions, _ = model.predict(obs_np, deterministic=True)
+        marginals = None
+        try:
+            obs_t, _ = model.policy.obs_to_tensor(obs_np)
+            dist = model.policy.get_distribution(obs_t).distribution
+            marginals = dist.marginals.cpu()
+        except AttributeError:
+            pass
+        return torch.as_tensor(np.asarray(actions).reshape(obs_np.shape[0], -1)), marginals
+
+    return act
+
+
+def _import_sb3() -> Any:
+    try:
+        import subset_rl.sb3 as sb3
+    except ImportError as err:
+        raise CLIError(
+            f"the ppo and a2c agents need subset_rl.sb3 (the k-hot policy for "
+            f"Stable-Baselines3), which could not be imported: {err}"
+        ) from None
+    if not hasattr(sb3, "KSubsetActorCriticPolicy"):
+        raise CLIError("subset_rl.sb3 has no KSubsetActorCriticPolicy; update subset_rl")
+    return sb3
+
+
+def _sb3_progress(total: int, desc: str) -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm.auto import tqdm
+
+    class TqdmCallback(BaseCallback):
+        """A tqdm bar over environment steps (SB3's own bar needs ``rich``)."""
+
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(total=total, desc=desc, unit="step")
+
+        def _on_step(self) -> bool:
+            self.bar.update(self.training_env.num_envs)
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    return TqdmCallback()
+
+
+def _settings(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
+    if args.agent in SB3_AGENTS:
+        settings = dict(SB3_DEFAULTS)
+        for name in ("num_samples", "max_grad_norm"):
+            if getattr(args, name) is not None:
+                raise CLIError(f"--{name.replace('_', '-')} applies to the native agents "
+                               f"(sfess and the pathwise estimators), not to {args.agent}")
+        if args.policy != "auto":
+            raise CLIError(f"--policy applies to the native agents, not to {args.agent}")
+    else:
+        settings = dict(NATIVE_DEFAULTS)
+        if args.agent == "sfess":
+            settings.update(RECOMMENDED.get(env_id.split(":")[-1], {}))
+        else:
+            settings["num_samples"] = 1
+        if args.n_envs is not None:
+            raise CLIError(f"--n-envs applies to ppo and a2c, not to {args.agent}")
+        if args.ent_coef is not None and args.agent != "sfess":
+            raise CLIError(f"--ent-coef applies to sfess, ppo and a2c, not to {args.agent}")
+    for name in ("steps", "num_samples", "batch_size", "lr", "max_grad_norm", "ent_coef",
+                 "n_envs"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    return settings
+
+
+def _train_native(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any],
+                  settings: dict[str, Any], device: torch.device, logdir: Path) -> Any:
+    from subset_rl.agents import SFESS, Pathwise
+
+    common: dict[str, Any] = {
+        "policy": args.policy,
+        "batch_size": settings["batch_size"],
+        "learning_rate": settings["lr"],
+        "max_grad_norm": settings["max_grad_norm"],
+        "device": device,
+        "seed": args.seed,
+        "tensorboard_log": logdir,
+        "checkpoint_dir": logdir / "checkpoints",
+        "checkpoint_freq": args.checkpoint_freq or max(1, settings["steps"] // 5),
+        "env_kwargs": env_kwargs,
+        "num_samples": settings["num_samples"],
+    }
+    try:
+        if args.agent == "sfess":
+            agent = SFESS(env_id, ent_coef=settings["ent_coef"], **common)
+        else:
+            agent = Pathwise(env_id, estimator=args.agent, **common)
+    except (ValueError, TypeError) as err:
+        raise CLIError(str(err)) from None
+    try:
+        agent.learn(settings["steps"], progress_bar=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {agent.num_steps} steps; evaluating the policy so far",
+              file=sys.stderr)
+    agent.save(logdir / "model.pt")
+    return agent
+
+
+def _train_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any],
+               settings: dict[str, Any], device: torch.device, logdir: Path) -> Any:
+    sb3 = _import_sb3()
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import CheckpointCallback
+
+    n_envs = settings["n_envs"]
+    vec_env = sb3.make_subset_vec_env(env_id, n_envs=n_envs, seed=args.seed,
+                                      env_kwargs=env_kwargs)
+    policy_kwargs = {"entropy_grad": bool(settings.get("ent_coef") or 0.0)}
+    kwargs: dict[str, Any] = {"seed": args.seed, "device": device, "verbose": 0,
+                              "tensorboard_log": str(logdir), "policy_kwargs": policy_kwargs}
+    if args.ent_coef is not None:
+        kwargs["ent_coef"] = args.ent_coef
+    if args.lr is not None:
+        kwargs["learning_rate"] = args.lr
+    try:
+        if args.agent == "ppo":
+            options = sb3.ppo_kwargs(n_steps=settings["n_steps"],
+                                     batch_size=settings["batch_size"])
+            options.update(kwargs)
+            model = PPO(sb3.KSubsetActorCriticPolicy, vec_env, **options)
+        else:
+            model = A2C(sb3.KSubsetActorCriticPolicy, vec_env, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise CLIError(str(err)) from None
+    model.subset_rl_run = {"agent": args.agent, "env_id": env_id, "env_kwargs": env_kwargs,
+                           "seed": args.seed}
+    freq = args.checkpoint_freq or max(1, settings["steps"] // 5)
+    callbacks = [CheckpointCallback(max(1, freq // n_envs), str(logdir / "checkpoints"),
+                                    name_prefix="model")]
+    if hasattr(sb3, "KHotGuard"):
+        callbacks.append(sb3.KHotGuard())
+    if not args.quiet:
+        callbacks.append(_sb3_progress(settings["steps"], args.agent.upper()))
+    try:
+        model.learn(settings["steps"], callback=callbacks, tb_log_name=args.agent.upper(),
+                    log_interval=1 if args.agent == "ppo" else 10)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {model.num_timesteps} steps; evaluating the policy so far",
+              file=sys.stderr)
+    model.save(logdir / "model.zip")
+    vec_env.close()
+    return model
+
+
+def _policy_label(agent_name: str) -> str:
+    return {"sfess": "SFESS", "ppo": "PPO", "a2c": "A2C"}.get(agent_name, agent_name.upper())
+
+
+def _header(env_id: str, objective: SubsetObjective, agent_name: str, trained: str,
+            seed: Any, device: Any, contexts: int) -> list[str]:
+    return [
+        f"{env_id}  (n={objective.n}, k={objective.k})",
+        f"agent {agent_name}, {trained}, seed {seed}, device {device}",
+        f"rewards on {contexts} held-out contexts (evaluation seed {EVAL_SEED}); the policy "
+        "acts deterministically (its top-k)",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands
+# ------------------------------------------------------------------------------------------------
+def cmd_envs(args: argparse.Namespace) -> int:
+    """``subset-rl envs``: one line per registered id with n, k and a description."""
+    import gymnasium as gym
+
+    ids = _registered_ids()
+    width = max(len(i) for i in ids) + 2
+    print(f"{'id':<{width}}{'n':>5}{'k':>5}  description", flush=True)
+    for env_id in ids:  # each env is made (some train a model first): print as they come
+        desc = _describe(env_id)
+        try:
+            env = gym.make(env_id)
+            n, k = str(env.action_space.n), str(getattr(env.action_space, "k", "?"))
+            env.close()
+        except TypeError:
+            n = k = "-"
+            desc += " (needs f, n, k: see examples/custom_env.py)"
+        print(f"{env_id:<{width}}{n:>5}{k:>5}  {desc}", flush=True)
+    print("\nn and k are the defaults; change k with `subset-rl train ID --k K`, other "
+          "arguments with --env-kwargs '{...}'.")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``subset-rl train``: train, evaluate against the baselines, save model and plot."""
+    start = time.perf_counter()
+    device = _check_device(args.device)
+    env_id = args.env_id
+    env_kwargs = dict(args.env_kwargs or {})
+    if args.k is not None:
+        env_kwargs["k"] = args.k
+    sb3_agent = args.agent in SB3_AGENTS
+    if (not sb3_agent and device.type == "cuda" and env_id.startswith("subset_rl/")
+            and "device" not in env_kwargs):
+        env_kwargs["device"] = str(device)  # keep the objective next to the policy
+    settings = _settings(args, env_id)
+    if sb3_agent:
+        _import_sb3()
+    env = make_env(env_id, env_kwargs)
+    objective = _objective_of(env)
+    if args.agent in PATHWISE_AGENTS:
+        ok, why = _differentiable(objective)
+        if not ok:
+            raise CLIError(
+                f"agent {args.agent!r} is a pathwise estimator and needs a reward that is "
+                f"differentiable in the action, but {env_id} is a black box ({why}); use "
+                "--agent sfess, ppo or a2c"
+            )
+    logdir = args.logdir or Path("runs") / f"{_slug(env_id)}-{args.agent}-{args.seed}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    if not args.quiet:
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+        print(f"training {args.agent} on {env_id} (n={objective.n}, k={objective.k}) on "
+              f"{device}: {shown}; logs in {logdir}")
+    setup = time.perf_counter() - start
+    t0 = time.perf_counter()
+    if sb3_agent:
+        model = _train_sb3(args, env_id, env_kwargs, settings, device, logdir)
+        act, trained = _sb3_act(model), f"{model.num_timesteps:,} env steps"
+        checkpoint = logdir / "model.zip"
+    else:
+        model = _train_native(args, env_id, env_kwargs, settings, device, logdir)
+        objective = model.objective
+        act = _native_act(model)
+        trained = (f"{model.num_steps:,} steps ({model.num_timesteps:,} reward evaluations)")
+        checkpoint = logdir / "model.pt"
+    train_seconds = time.perf_counter() - t0
+    label = f"{_policy_label(args.agent)} (trained)"
+    result = evaluate(objective, act, label, args.eval_contexts)
+    times = [("training", train_seconds), ("evaluation", result.seconds),
+             ("setup", setup), ("in all", time.perf_counter() - start)]
+    header = _header(env_id, objective, args.agent, trained, args.seed, device,
+                     args.eval_contexts)
+    print()
+    print(format_table(result, header, times))
+    plot = None
+    if not args.no_plot:
+        plot = _save_plot(objective, result, logdir / "selection.png", label.split()[0],
+                          f"{env_id}: {args.agent}", args.quiet)
+    run = {"env_id": env_id, "env_kwargs": env_kwargs, "agent": args.agent, "seed": args.seed,
+           "device": str(device), "settings": settings, "trained": trained,
+           "train_seconds": train_seconds, "checkpoint": str(checkpoint),
+           "eval_contexts": args.eval_contexts, "results": result.to_json()}
+    (logdir / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n")
+    print(f"\n  model: {checkpoint}   (subset-rl eval {checkpoint})")
+    if plot is not None:
+        print(f"  plot:  {plot}")
+    print(f"  TensorBoard: tensorboard --logdir {logdir}")
+    return 0
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    if path.is_dir():
+        for name in ("model.pt", "model.zip"):
+            if (path / name).is_file():
+                return path / name
+        raise CLIError(f"{path} holds no model.pt or model.zip")
+    if not path.is_file():
+        raise CLIError(f"no such checkpoint: {path}")
+    return path
+
+
+def _with_device(env_kwargs: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The stored env arguments with a stored ``device`` replaced by the evaluation device."""
+    out = dict(env_kwargs)
+    if "device" in out:
+        out["device"] = str(device)
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``subset-rl eval``: reload a model and print the table (and save the plot)."""
+    start = time.perf_counter()
+    device = _check_device(args.device)
+    path = _resolve_checkpoint(args.checkpoint)
+    if zipfile.is_zipfile(path):
+        try:
+            data = json.loads(zipfile.ZipFile(path).read("data"))
+        except (KeyError, ValueError):
+            raise CLIError(f"{path} is not a Stable-Baselines3 model") from None
+        run = data.get("subset_rl_run")
+        if not isinstance(run, dict):
+            raise CLIError(f"{path} was not saved by `subset-rl train`: it names no env id")
+        sb3 = _import_sb3()  # noqa: F841  (the policy class must be importable to unpickle)
+        from stable_baselines3 import A2C, PPO
+
+        env_id, agent_name = run["env_id"], run["agent"]
+        env = make_env(env_id, _with_device(run.get("env_kwargs", {}), device))
+        objective = _objective_of(env)
+        model = (PPO if agent_name == "ppo" else A2C).load(path, device=device)
+        act, trained = _sb3_act(model), f"{model.num_timesteps:,} env steps"
+        seed = run.get("seed")
+    else:
+        import torch
+
+        from subset_rl.agents import SFESS, Pathwise
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is a usage error here
+            raise CLIError(f"cannot read {path}: {err}") from None
+        if not isinstance(state, dict) or state.get("class") not in ("SFESS", "Pathwise"):
+            raise CLIError(f"{path} is not a subset_rl agent checkpoint")
+        config = state["config"]
+        env_id = config.get("env_id")
+        if env_id is None:
+            raise CLIError(f"{path} was trained on an objective object, not an env id: load it "
+                           "in Python with SFESS.load(path, env=...)")
+        env = make_env(env_id, _with_device(config.get("env_kwargs") or {}, device))
+        cls = SFESS if state["class"] == "SFESS" else Pathwise
+        agent = cls.load(path, env=env, device=device)
+        agent_name = "sfess" if cls is SFESS else config["estimator"]
+        objective = agent.objective
+        act = _native_act(agent)
+        trained = f"{agent.num_steps:,} steps ({agent.num_timesteps:,} reward evaluations)"
+        seed = config.get("seed")
+    label = f"{_policy_label(agent_name)} (trained)"
+    result = evaluate(objective, act, label, args.eval_contexts)
+    header = _header(env_id, objective, agent_name, trained, seed, device, args.eval_contexts)
+    header[0] += f"  [{path}]"
+    print(format_table(result, header, [("evaluation", result.seconds),
+                                        ("in all", time.perf_counter() - start)]))
+    if not args.no_plot:
+        plot = _save_plot(objective, result, path.with_name(f"{path.stem}_selection.png"),
+                          label.split()[0], f"{env_id}: {agent_name}", args.quiet)
+        if plot is not None:
+            print(f"\n  plot: {plot}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "envs": cmd_envs, "train": cmd_train, "eval": cmd_eval,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``subset-rl`` with ``argv`` (default ``sys.argv[1:]``) and returns the exit status.
+
+    Returns:
+        0 on success, 2 for usage errors (printed as one line on stderr), 1 when the objective
+        or the training fails.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a bad argument (2)
+        return int(exit_.code or 0)
+    prog = f"{parser.prog} {args.command}"
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except CLIError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"{prog}: training failed: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        from subset_rl.envs import ObjectiveError
+
+        if isinstance(err, ObjectiveError):
+            print(f"{prog}: the objective failed: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
