@@ -1,0 +1,289 @@
+"""The evaluator every method talks to: cache, budget, history, failures, progress, callback.
+
+Methods never call the objective themselves. They hand the :class:`Evaluator` a request, an
+``(m, n)`` array of 0/1 rows, and get back one value per row *in maximization form* (the
+objective's value, negated when minimizing), so every method simply maximizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike, NDArray
+
+from .executors import Backend
+from .result import EvaluationError, History, OptimizeResult, OptimizeState, k_hot
+
+__all__ = ["STALL_ROUNDS", "Evaluator", "Request"]
+
+#: A run stops (converged) after this many consecutive requests without a new subset.
+STALL_ROUNDS = 25
+
+Callback = Callable[[OptimizeState], Any]
+
+
+class Request:
+    """Values of one request, in maximization form.
+
+    Attributes:
+        values: ``(m,)`` values (NaN where the evaluation failed or was not made).
+        evaluated: ``(m,)`` whether a value (or failure) is known: ``False`` only for rows
+            dropped because the budget ran out.
+        failed: ``(m,)`` whether the objective failed on the row.
+    """
+
+    def __init__(
+        self, values: NDArray[np.float64], evaluated: NDArray[np.bool_], failed: NDArray[np.bool_]
+    ) -> None:
+        self.values, self.evaluated, self.failed = values, evaluated, failed
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row was evaluated (none dropped for lack of budget)."""
+        return bool(self.evaluated.all())
+
+
+def _rows_to_keys(rows: np.ndarray) -> list[tuple[int, ...]]:
+    return [tuple(np.flatnonzero(r).tolist()) for r in rows]
+
+
+class Evaluator:
+    """Evaluates requests against a budget of distinct real evaluations.
+
+    The budget counts *distinct subsets the objective is actually called on*: a subset seen
+    before (successfully or not) is answered from the cache for free, and a failed evaluation
+    counts like any other call. When a request holds more new subsets than the budget has left,
+    the first ones (in request order) are evaluated and the rest are dropped (reported as not
+    evaluated), so the budget is never exceeded.
+
+    Args:
+        backend: Where the objective runs.
+        n: Number of items.
+        k: Feasible subset size (only size-``k`` subsets can become the best).
+        budget: Maximum number of distinct evaluations.
+        maximize: Whether larger objective values are better.
+        on_error: ``"raise"`` or ``"skip"``.
+        callback: Called with an :class:`OptimizeState` after each request; returning ``True``
+            stops the run.
+        progress: Show a tqdm progress bar.
+        method: Method name (for the bar).
+        objective_name: Name of the objective (for error messages).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        n: int,
+        k: int,
+        budget: int,
+        *,
+        maximize: bool = True,
+        on_error: str = "raise",
+        callback: Callback | None = None,
+        progress: bool = True,
+        method: str = "",
+        objective_name: str = "objective",
+    ) -> None:
+        self.backend, self.n, self.k, self.budget = backend, n, k, budget
+        self.sign = 1.0 if maximize else -1.0
+        self.maximize = maximize
+        self.on_error = on_error
+        self.callback = callback
+        self.objective_name = objective_name
+        self.cache: dict[tuple[int, ...], float] = {}  # maximization form, NaN = failed
+        self.n_queries = 0
+        self.n_failed = 0
+        self.rounds = 0
+        self._n_feasible = 0
+        self._space = math.comb(n, k)
+        self._subsets: list[tuple[int, ...]] = []
+        self._values: list[float] = []
+        self._best_so_far: list[float] = []
+        self._round: list[int] = []
+        self._errors: dict[int, str] = {}
+        self.best_key: tuple[int, ...] | None = None
+        self.best = -math.inf  # maximization form
+        self._stall = 0
+        self.stop_reason: str | None = None
+        self.budget_exhausted = False
+        self._bar: Any = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=budget, desc=f"optimize[{method}]", unit="eval", leave=False)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def n_evaluations(self) -> int:
+        """Distinct real evaluations so far."""
+        return len(self._subsets)
+
+    @property
+    def remaining(self) -> int:
+        """Evaluations left in the budget."""
+        return self.budget - self.n_evaluations
+
+    @property
+    def fraction_used(self) -> float:
+        """Share of the budget spent, in ``[0, 1]``."""
+        return self.n_evaluations / self.budget
+
+    @property
+    def done(self) -> bool:
+        """Whether the method should stop (budget spent, converged, stopped by the callback)."""
+        return self.stop_reason is not None
+
+    def stop(self, reason: str) -> None:
+        """Ends the run with ``reason`` (the first reason given wins)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, rows: ArrayLike | torch.Tensor) -> Request:
+        """Values of the subsets in ``rows`` (an ``(m, n)`` 0/1 array or tensor).
+
+        Raises:
+            EvaluationError: with ``on_error="raise"``, after recording the whole request, if
+                the objective failed on one of its new subsets.
+        """
+        if isinstance(rows, torch.Tensor):
+            rows = rows.detach().cpu().numpy()
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.n:
+            raise ValueError(f"request: expected shape (m, {self.n}), found {rows.shape}")
+        keys = _rows_to_keys(rows)
+        self.n_queries += len(keys)
+        new: list[tuple[int, ...]] = []
+        seen: set[tuple[int, ...]] = set()
+        for key in keys:
+            if key not in self.cache and key not in seen:
+                seen.add(key)
+                new.append(key)
+        if len(new) >= self.remaining:
+            new = new[: self.remaining]
+            self.budget_exhausted = True
+        failures: list[tuple[tuple[int, ...], str, Any]] = []
+        if new:
+            self._stall = 0
+            outcomes = self.backend.evaluate(np.stack([k_hot(key, self.n) for key in new]))
+            for key, outcome in zip(new, outcomes, strict=True):
+                self._record(key, outcome.value, outcome.error)
+                if outcome.error is not None:
+                    failures.append((key, outcome.error, outcome))
+        else:
+            self._stall += 1
+        values = np.array([self.cache.get(key, math.nan) for key in keys], dtype=np.float64)
+        evaluated = np.array([key in self.cache for key in keys], dtype=bool)
+        failed = evaluated & np.isnan(values)
+        state = OptimizeState(
+            self.rounds,
+            self.n_evaluations,
+            self.budget,
+            self.best_value,
+            self.best_key,
+            values * self.sign,
+        )
+        self.rounds += 1
+        if self._bar is not None:
+            self._bar.update(len(new))
+            if self.best_key is not None:
+                self._bar.set_postfix(best=f"{self.best_value:.6g}", refresh=False)
+        if failures and self.on_error == "raise":
+            key, reason, outcome = failures[0]
+            err = EvaluationError(
+                key,
+                self.n,
+                reason,
+                objective=self.objective_name,
+                remote_traceback=outcome.traceback if outcome.exception is None else None,
+                failures=[(fk, fr) for fk, fr, _ in failures],
+            )
+            self.stop(f"stopped: the objective failed on subset {list(key)}")
+            raise err from outcome.exception
+        self._check_stop()
+        if self.callback is not None and not self.done and self.callback(state) is True:
+            self.stop("stopped by the callback")
+        return Request(values, evaluated, failed)
+
+    def _record(self, key: tuple[int, ...], value: float, error: str | None) -> None:
+        index = len(self._subsets)
+        self._subsets.append(key)
+        self._values.append(value)
+        self._round.append(self.rounds)
+        if error is not None:
+            self._errors[index] = error
+            self.n_failed += 1
+            self.cache[key] = math.nan
+        else:
+            self.cache[key] = self.sign * value
+        if len(key) == self.k:
+            self._n_feasible += 1
+            if error is None and self.sign * value > self.best:
+                self.best, self.best_key = self.sign * value, key
+        self._best_so_far.append(self.best_value)
+
+    def _check_stop(self) -> None:
+        if self.budget_exhausted or self.remaining <= 0:
+            self.stop(f"budget of {self.budget} evaluations used")
+        elif self._n_feasible >= self._space:
+            self.stop(f"every one of the C({self.n}, {self.k}) = {self._space} subsets evaluated")
+        elif self._stall >= STALL_ROUNDS:
+            self.stop(f"converged: {STALL_ROUNDS} consecutive requests held no new subset")
+
+    @property
+    def best_value(self) -> float:
+        """Best feasible value so far, in the objective's sign (NaN if none)."""
+        return math.nan if self.best_key is None else self.sign * self.best
+
+    # ------------------------------------------------------------------ results
+    def result(
+        self,
+        *,
+        method: str,
+        message: str,
+        marginals: np.ndarray | None,
+        wall_time: float,
+        seed: int,
+        executor: str,
+    ) -> OptimizeResult:
+        """The :class:`OptimizeResult` of everything evaluated so far."""
+        history = History(
+            n=self.n,
+            k=self.k,
+            subsets=list(self._subsets),
+            values=np.array(self._values, dtype=np.float64),
+            best_so_far=np.array(self._best_so_far, dtype=np.float64),
+            round=np.array(self._round, dtype=np.int64),
+            errors=dict(self._errors),
+        )
+        key = self.best_key
+        return OptimizeResult(
+            best_subset=None if key is None else k_hot(key, self.n),
+            best_indices=key,
+            best_value=self.best_value,
+            n_evaluations=self.n_evaluations,
+            n_queries=self.n_queries,
+            n_failed=self.n_failed,
+            history=history,
+            marginals=marginals,
+            wall_time=wall_time,
+            method=method,
+            message=message,
+            n=self.n,
+            k=self.k,
+            budget=self.budget,
+            maximize=self.maximize,
+            seed=seed,
+            executor=executor,
+        )
+
+    def close(self) -> None:
+        """Closes the progress bar and the backend."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.backend.close()

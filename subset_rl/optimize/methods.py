@@ -1,0 +1,391 @@
+r"""The search methods. Each maximizes through an :class:`~.evaluation.Evaluator` until it is done.
+
+========== ======================================================================= ==============
+method     what it does                                                             ``samples``
+========== ======================================================================= ==============
+sfess      gradient ascent on :math:`E_{z\sim p_l}[f(z)]` over the logits of a      subsets per
+           :class:`~subset_rl.KSubsetPolicy`, with the SFESS leave-one-out          step (32)
+           estimator (:func:`~subset_rl.estimators.sfess_surrogate`) and Adam
+random     uniformly random k-subsets                                               per request
+                                                                                    (64)
+greedy     forward selection: add the item with the largest value, ``k`` times;     (unused)
+           ``n k - k (k - 1) / 2`` evaluations, on subsets of sizes 1..k
+annealing  simulated annealing with swap moves (one out, one in), parallel          chains (8)
+           chains, geometric cooling over the budget
+cem        cross-entropy method: sample a :class:`~subset_rl.KSubsetPolicy`, move   population
+           its marginals toward the elite frequencies                               (64)
+qr         QR column pivoting on ``basis.T`` (sensor placement); one evaluation     (unused)
+========== ======================================================================= ==============
+
+Method options (``optimize(..., options={...})``):
+
+* ``sfess``: ``lr`` (0.1, Adam step on the logits), ``baseline`` (``"loo"`` or ``"none"``).
+* ``annealing``: ``t0`` (initial temperature; default: the standard deviation of the chains'
+  random starting values), ``t_final`` (final temperature; default ``t0 * 1e-3``).
+* ``cem``: ``elite_frac`` (0.1), ``smoothing`` (0.7: weight of the elite frequencies in the new
+  marginals), ``min_prob`` (1e-3: marginals are kept in ``[min_prob, 1 - min_prob]`` so no item
+  is ruled out for good).
+* ``qr``: ``basis`` (required): array of shape ``(n, r)`` whose rows describe the items, e.g.
+  POD modes; with ``k > r`` the later pivots carry little meaning, so pass at least ``k`` modes.
+* ``random``, ``greedy``: none.
+
+Failed evaluations (``on_error="skip"``) count as the worst outcome: greedy and CEM never pick
+them, annealing rejects the move, and SFESS gives them the lowest value of their request.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..distribution import KSubsetPolicy
+from ..estimators import sfess_surrogate
+from ..poisson_binomial import marginals as cp_marginals
+from .evaluation import Evaluator
+
+__all__ = ["METHODS", "MethodSpec", "Run", "greedy_evaluations"]
+
+
+@dataclass
+class Run:
+    """Everything a method needs.
+
+    Attributes:
+        ev: The evaluator (the only way to call the objective).
+        n: Number of items.
+        k: Subset size.
+        samples: Subsets per request (the method's meaning, see the module table).
+        device: Torch device of the method's tensors.
+        rng: NumPy generator.
+        generator: Torch generator on ``device``.
+        options: The method's options, defaults filled in.
+        notes: Messages the method adds to the result's ``message``.
+    """
+
+    ev: Evaluator
+    n: int
+    k: int
+    samples: int
+    device: torch.device
+    rng: np.random.Generator
+    generator: torch.Generator
+    options: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """float64 on CPU (exact and cheap at these sizes), float32 on accelerators."""
+        return torch.float64 if self.device.type == "cpu" else torch.float32
+
+
+def _uniform_subsets(rng: np.random.Generator, n: int, k: int, m: int) -> np.ndarray:
+    """``m`` uniformly random k-hot rows (top-k of i.i.d. uniform keys)."""
+    keys = rng.random((m, n))
+    idx = np.argpartition(keys, k - 1, axis=1)[:, :k]
+    out = np.zeros((m, n), dtype=np.int8)
+    np.put_along_axis(out, idx, 1, axis=1)
+    return out
+
+
+# ---------------------------------------------------------------------- random search
+def run_random(run: Run) -> None:
+    """Uniform random search: requests of ``samples`` random k-subsets until done."""
+    while not run.ev.done:
+        run.ev.evaluate(_uniform_subsets(run.rng, run.n, run.k, run.samples))
+
+
+# ---------------------------------------------------------------------- greedy
+def greedy_evaluations(n: int, k: int) -> int:
+    """Evaluations greedy forward selection needs: ``n + (n - 1) + ... + (n - k + 1)``."""
+    return sum(n - j for j in range(k))
+
+
+def run_greedy(run: Run) -> None:
+    """Forward selection: ``k`` steps, each adding the item whose addition scores best.
+
+    Step ``j`` evaluates every current set plus one item (subsets of size ``j``), so ``f`` must
+    accept indicator vectors with fewer than ``k`` ones. For monotone submodular ``f`` the
+    result is within ``1 - 1/e`` of the optimum (Nemhauser, Wolsey & Fisher, 1978). Ties go to
+    the lowest index. If the budget cannot cover a step, greedy stops there (with a warning) and
+    the result has no subset of size ``k`` unless one was reached.
+    """
+    ev, n, k = run.ev, run.n, run.k
+    need = greedy_evaluations(n, k)
+    if need > ev.remaining:
+        msg = (
+            f"greedy forward selection needs {need} evaluations for n={n}, k={k} "
+            f"(n + (n-1) + ... + (n-k+1)), found budget={ev.budget}; it will stop before "
+            f"choosing all {k} items"
+        )
+        warnings.warn(msg, UserWarning, stacklevel=4)
+    chosen: list[int] = []
+    for step in range(k):
+        if ev.done:
+            run.notes.append(
+                f"greedy stopped after choosing {step} of {k} items ({ev.stop_reason}); it "
+                f"needs {need} evaluations"
+            )
+            return
+        candidates = [i for i in range(n) if i not in chosen]
+        rows = np.zeros((len(candidates), n), dtype=np.int8)
+        rows[:, chosen] = 1
+        rows[np.arange(len(candidates)), candidates] = 1
+        req = ev.evaluate(rows)
+        if not req.complete:
+            run.notes.append(
+                f"greedy stopped in step {step + 1} of {k} ({len(chosen)} items chosen): the "
+                f"budget of {ev.budget} evaluations is below the {need} it needs"
+            )
+            ev.stop(run.notes[-1])
+            return
+        ok = ~np.isnan(req.values)
+        if not ok.any():
+            run.notes.append(f"greedy stopped in step {step + 1}: every candidate failed")
+            ev.stop(run.notes[-1])
+            return
+        chosen.append(candidates[int(np.argmax(np.where(ok, req.values, -np.inf)))])
+    run.notes.append(f"greedy finished: {k} items chosen with {ev.n_evaluations} evaluations")
+    ev.stop(run.notes[-1])
+
+
+# ---------------------------------------------------------------------- simulated annealing
+def run_annealing(run: Run) -> None:
+    """Simulated annealing with swap moves on ``samples`` independent chains.
+
+    Each request proposes one swap per chain (drop a random chosen item, add a random unchosen
+    one); a chain accepts with probability ``min(1, exp(delta / T))``. The temperature cools
+    geometrically from ``t0`` to ``t_final`` as the budget is spent.
+    """
+    ev, n, k, rng = run.ev, run.n, run.k, run.rng
+    chains = _uniform_subsets(rng, n, k, run.samples)
+    req = ev.evaluate(chains)
+    current = np.where(req.evaluated & ~req.failed, req.values, -np.inf)
+    t0 = run.options["t0"]
+    if t0 is None:
+        finite = current[np.isfinite(current)]
+        spread = float(finite.std()) if finite.size >= 2 else 0.0
+        t0 = spread if spread > 0 else 1.0
+    t_final = run.options["t_final"] if run.options["t_final"] is not None else t0 * 1e-3
+    if t_final > t0:
+        raise ValueError(f"options['t_final']: expected <= t0={t0:g}, found {t_final:g}")
+    if k == n:
+        ev.stop("only one subset exists (k = n)")
+        return
+    while not ev.done:
+        temp = t0 * (t_final / t0) ** min(ev.fraction_used, 1.0)
+        proposals = chains.copy()
+        for row in proposals:
+            out = rng.choice(np.flatnonzero(row))
+            into = rng.choice(np.flatnonzero(row == 0))
+            row[out], row[into] = 0, 1
+        req = ev.evaluate(proposals)
+        for c in range(run.samples):
+            if not req.evaluated[c] or req.failed[c]:
+                continue
+            delta = req.values[c] - current[c]
+            if delta >= 0 or rng.random() < math.exp(delta / temp):
+                chains[c], current[c] = proposals[c], req.values[c]
+
+
+# ---------------------------------------------------------------------- CEM and SFESS
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    # torch.logit on float64 CPU tensors takes ~15 ms per call in torch 2.13; this does not.
+    return torch.log(p) - torch.log1p(-p)
+
+
+def fit_logits(
+    target: torch.Tensor, k: int, init: torch.Tensor | None = None, iterations: int = 10
+) -> torch.Tensor:
+    r"""Logits whose k-subset marginals approximate ``target`` (``sum(target) = k``).
+
+    The fixed-point iteration :math:`l \leftarrow l + \operatorname{logit}(t) -
+    \operatorname{logit}(\pi(l))` of Chen, Dempster & Liu (1994) for conditional Poisson
+    sampling, with the exact marginals :math:`\pi` of :func:`subset_rl.marginals`.
+
+    Args:
+        target: ``(n,)`` marginals in ``(0, 1)``.
+        k: Subset size.
+        init: Starting logits (default ``logit(target)``).
+        iterations: Number of fixed-point steps.
+
+    Returns:
+        ``(n,)`` logits (no gradient).
+    """
+    with torch.no_grad():
+        eps = torch.finfo(target.dtype).eps
+        goal = _logit(target.clamp(eps, 1 - eps))
+        logits = goal.clone() if init is None else init.detach().clone()
+    for _ in range(iterations):
+        pi = cp_marginals(logits, k).detach()
+        with torch.no_grad():
+            logits = logits + goal - _logit(pi.clamp(eps, 1 - eps))
+            logits = logits - logits.mean()
+    return logits
+
+
+#: CEM stops once all elites equal the distribution's mode this many requests in a row.
+_CEM_PATIENCE = 5
+
+
+def run_cem(run: Run) -> np.ndarray:
+    """Cross-entropy method over k-subsets with a :class:`~subset_rl.KSubsetPolicy`.
+
+    Each request draws ``samples`` exact samples; the top ``elite_frac`` (failures excluded)
+    give elite frequencies ``q`` (summing to ``k``); the new marginals are
+    ``(1 - smoothing) pi + smoothing q``, clipped to ``[min_prob, 1 - min_prob]``, and the
+    logits are refitted to them with :func:`fit_logits`. The run stops (converged) once every
+    elite is the distribution's mode (the top-k of the logits) for 5 requests in a row.
+
+    Returns:
+        The final marginals.
+    """
+    ev, k, opts = run.ev, run.k, run.options
+    elite_frac, smoothing, min_prob = opts["elite_frac"], opts["smoothing"], opts["min_prob"]
+    if not 0 < elite_frac <= 1:
+        raise ValueError(f"options['elite_frac']: expected a value in (0, 1], found {elite_frac}")
+    if not 0 < smoothing <= 1:
+        raise ValueError(f"options['smoothing']: expected a value in (0, 1], found {smoothing}")
+    if not 0 < min_prob < 0.5:
+        raise ValueError(f"options['min_prob']: expected a value in (0, 0.5), found {min_prob}")
+    n_elite = max(1, math.ceil(elite_frac * run.samples))
+    logits = torch.zeros(run.n, dtype=run.dtype, device=run.device)
+    streak = 0
+    while not ev.done:
+        dist = KSubsetPolicy(logits, k)
+        z = dist.sample((run.samples,), generator=run.generator)
+        req = ev.evaluate(z)
+        if not req.complete:
+            break
+        ok = ~np.isnan(req.values)
+        if not ok.any():
+            continue
+        order = np.argsort(-np.where(ok, req.values, -np.inf), kind="stable")
+        elite = order[: min(n_elite, int(ok.sum()))]
+        q = z[torch.as_tensor(elite, device=z.device)].mean(0)
+        target = ((1 - smoothing) * dist.marginals.detach() + smoothing * q).clamp(
+            min_prob, 1 - min_prob
+        )
+        logits = fit_logits(target, k, init=logits, iterations=3)
+        streak = streak + 1 if bool((q == dist.mode).all()) else 0
+        if streak >= _CEM_PATIENCE:
+            ev.stop(
+                f"converged: every CEM elite was the distribution's mode for {streak} "
+                "consecutive requests"
+            )
+    return KSubsetPolicy(logits, k).marginals.detach().cpu().numpy().astype(np.float64)
+
+
+def run_sfess(run: Run) -> np.ndarray:
+    """Stochastic gradient ascent on the expected value with the SFESS(+LOO) estimator.
+
+    The logits of a :class:`~subset_rl.KSubsetPolicy` (starting at zero: uniform) are updated by
+    Adam with the gradient of :func:`~subset_rl.estimators.sfess_surrogate` on ``samples`` exact
+    draws per request. Cached draws cost no budget but still inform the gradient.
+
+    Returns:
+        The final marginals.
+    """
+    ev, k, opts = run.ev, run.k, run.options
+    lr, baseline = opts["lr"], opts["baseline"]
+    if not (isinstance(lr, int | float) and lr > 0):
+        raise ValueError(f"options['lr']: expected a positive number, found {lr!r}")
+    if baseline not in ("loo", "none"):
+        raise ValueError(f"options['baseline']: expected 'loo' or 'none', found {baseline!r}")
+    if baseline == "loo" and run.samples < 2:
+        raise ValueError(
+            f"samples: the leave-one-out baseline needs samples >= 2, found {run.samples}"
+        )
+    logits = torch.zeros(run.n, dtype=run.dtype, device=run.device, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=float(lr))
+    while not ev.done:
+        dist = KSubsetPolicy(logits, k)
+        z = dist.sample((run.samples,), generator=run.generator)
+        req = ev.evaluate(z)
+        if not req.complete:
+            break
+        values = req.values
+        ok = ~np.isnan(values)
+        if not ok.any():
+            continue
+        values = np.where(ok, values, values[ok].min())
+        rewards = torch.as_tensor(values, dtype=run.dtype, device=run.device)
+        opt.zero_grad()
+        (-sfess_surrogate(dist, z, rewards, baseline=baseline)).backward()
+        opt.step()
+    return KSubsetPolicy(logits.detach(), k).marginals.detach().cpu().numpy().astype(np.float64)
+
+
+# ---------------------------------------------------------------------- QR pivoting
+def run_qr(run: Run) -> None:
+    """QR column pivoting on ``basis.T`` (:func:`subset_rl.envs.qr_placement`): one evaluation."""
+    from ..envs import qr_placement
+
+    basis = np.asarray(run.options["basis"], dtype=np.float64)
+    if basis.ndim != 2 or basis.shape[0] != run.n:
+        raise ValueError(
+            f"options['basis']: expected an array of shape (n={run.n}, r), found {basis.shape}"
+        )
+    if not np.isfinite(basis).all():
+        raise ValueError("options['basis']: expected finite values, found NaN or inf")
+    run.ev.evaluate(qr_placement(basis, run.k)[None])
+    run.ev.stop("QR pivoting proposes one subset: 1 evaluation")
+
+
+# ---------------------------------------------------------------------- registry
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method and what it accepts.
+
+    Attributes:
+        run: The method (returns the final marginals or ``None``).
+        samples: Default ``samples`` (``None``: the method does not use it).
+        options: Accepted options and their defaults (``_REQUIRED`` marks required ones).
+        summary: One line for help texts.
+    """
+
+    run: Callable[[Run], np.ndarray | None]
+    samples: int | None
+    options: dict[str, Any]
+    summary: str
+
+    def resolve(self, name: str, given: dict[str, Any] | None) -> dict[str, Any]:
+        """The options with defaults filled in; unknown or missing ones raise ``TypeError``."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            accepted = sorted(self.options) or "none"
+            raise TypeError(f"options: method {name!r} accepts {accepted}, found unknown {unknown}")
+        out = {**self.options, **given}
+        missing = sorted(key for key, v in out.items() if v is _REQUIRED)
+        if missing:
+            raise TypeError(f"options: method {name!r} requires {missing}, found none given")
+        return out
+
+
+METHODS: dict[str, MethodSpec] = {
+    "sfess": MethodSpec(
+        run_sfess, 32, {"lr": 0.1, "baseline": "loo"}, "SFESS (leave-one-out) + Adam on logits"
+    ),
+    "random": MethodSpec(run_random, 64, {}, "uniform random search"),
+    "greedy": MethodSpec(run_greedy, None, {}, "greedy forward selection"),
+    "annealing": MethodSpec(
+        run_annealing, 8, {"t0": None, "t_final": None}, "simulated annealing, swap moves"
+    ),
+    "cem": MethodSpec(
+        run_cem,
+        64,
+        {"elite_frac": 0.1, "smoothing": 0.7, "min_prob": 1e-3},
+        "cross-entropy method on a KSubsetPolicy",
+    ),
+    "qr": MethodSpec(run_qr, None, {"basis": _REQUIRED}, "QR pivoting on a basis (sensors)"),
+}
+"""Registered methods by name."""
