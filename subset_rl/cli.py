@@ -238,10 +238,10 @@ def make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env[Any, Any]:
     shown = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
     try:
         env = gym.make(env_id, **env_kwargs)
-    except gym.error.Error as err:
-        if ":" in env_id and "registration via importing a module failed" in str(err):
-            reason = str(err).split(". Environment registration")[0]
-            raise CLIError(f"cannot import the module of {env_id!r}: {reason}") from None
+    except ModuleNotFoundError as err:
+        reason = str(err).split(". Environment registration")[0]
+        raise CLIError(f"cannot import the module of {env_id!r}: {reason}") from None
+    except gym.error.Error:
         raise CLIError(
             f"unknown env id {env_id!r}; registered subset_rl envs: {', '.join(_registered_ids())}"
             " (see `subset-rl envs`; for an env of your own pass 'your_module:ns/Name-v0')"
@@ -784,6 +784,14 @@ def _resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def _is_sb3_zip(path: Path) -> bool:
+    """Stable-Baselines3 saves a zip with a JSON ``data`` entry (``torch.save`` zips differ)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return "data" in archive.namelist()
+
+
 def _with_device(env_kwargs: dict[str, Any], device: Any) -> dict[str, Any]:
     """The stored env arguments with a stored ``device`` replaced by the evaluation device."""
     out = dict(env_kwargs)
@@ -797,10 +805,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     device = _check_device(args.device)
     path = _resolve_checkpoint(args.checkpoint)
-    if zipfile.is_zipfile(path):
+    if _is_sb3_zip(path):
         try:
-            data = json.loads(zipfile.ZipFile(path).read("data"))
-        except (KeyError, ValueError):
+            with zipfile.ZipFile(path) as archive:
+                data = json.loads(archive.read("data"))
+        except ValueError:
             raise CLIError(f"{path} is not a Stable-Baselines3 model") from None
         run = data.get("subset_rl_run")
         if not isinstance(run, dict):
@@ -870,9 +879,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a bad argument (2)
         return int(exit_.code or 0)
     prog = f"{parser.prog} {args.command}"
+    threads = None
     if getattr(args, "threads", None):
         import torch
 
+        threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
     try:
         return COMMANDS[args.command](args)
@@ -889,6 +900,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prog}: the objective failed: {err}", file=sys.stderr)
             return 1
         raise
+    finally:
+        if threads is not None:  # main() may run inside a larger program (tests, notebooks)
+            import torch
+
+            torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
