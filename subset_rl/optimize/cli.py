@@ -170,11 +170,11 @@ def run_optimize(args: argparse.Namespace) -> int:
             options=options,
         )
     except EvaluationError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"subset-rl optimize: error: {e}", file=sys.stderr)
         _write(e.result, args.output)
         return 1
     except (ValueError, TypeError, ImportError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"subset-rl optimize: error: {e}", file=sys.stderr)
         return 2
     best = "none" if result.best_indices is None else " ".join(map(str, result.best_indices))
     print(f"method       {result.method}")

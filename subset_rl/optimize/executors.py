@@ -15,9 +15,11 @@ Backends:
   module-level class, not a lambda or a function defined inside another function. Scripts that use
   it need the usual ``if __name__ == "__main__":`` guard.
 * :class:`RayBackend`: Ray core tasks (``executor="ray"`` or a cluster address such as
-  ``"ray://head:10001"`` or ``"auto"``). Ray pickles with cloudpickle, so lambdas work. Workers
-  must be able to import :mod:`subset_rl` (true on a local instance; on a remote cluster install
-  it there or ship it with a ``runtime_env``).
+  ``"ray://head:10001"`` or ``"auto"``). Ray pickles with cloudpickle, so lambdas and functions
+  of the driver script work; a function from another module is pickled by reference, so that
+  module must be importable on the workers (ship it with a ``runtime_env``, or call
+  ``ray.cloudpickle.register_pickle_by_value(module)``). Workers must also be able to import
+  :mod:`subset_rl` (true on a local instance; on a remote cluster install it there).
 """
 
 from __future__ import annotations
