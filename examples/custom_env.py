@@ -16,7 +16,8 @@ Run it (about a minute on 2 CPU cores)::
 
 The same env works from the command line once its module is importable::
 
-    subset-rl train custom_env:mypkg/Coverage-v0 --steps 300     # from the examples/ folder
+    cd examples
+    subset-rl train custom_env:mypkg/Coverage-v0 --steps 300 --lr 0.1 --batch-size 4 --num-samples 8
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
     subset-rl envs
     subset-rl train subset_rl/SensorPlacement-v0             # SFESS, about a minute on 2 cores
-    subset-rl train subset_rl/KNNVoting-v0 --agent ppo --steps 20000
+    subset-rl train subset_rl/KNNVoting-v0 --agent ppo --steps 10000
     subset-rl eval runs/SensorPlacement-v0-sfess-0           # or .../model.pt, .../model.zip
 
 ``train`` shows a progress bar (``--quiet`` hides it), writes TensorBoard logs, periodic
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -80,7 +81,7 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
 }
 """Per-env overrides of :data:`NATIVE_DEFAULTS` for the ``sfess`` agent."""
 
-SB3_DEFAULTS: dict[str, Any] = {"steps": 20_000, "n_envs": 8, "batch_size": 128, "n_steps": 64}
+SB3_DEFAULTS: dict[str, Any] = {"steps": 10_000, "n_envs": 8, "batch_size": 128, "n_steps": 64}
 """Settings of ``ppo`` / ``a2c``; their ``--steps`` counts environment steps."""
 
 RANDOM_SAMPLES = 32
@@ -236,6 +237,8 @@ def make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env[Any, Any]:
     import subset_rl.envs  # noqa: F401
 
     shown = ", ".join(f"{k}={v!r}" for k, v in env_kwargs.items())
+    if ":" in env_id and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # 'module:id' finds modules of the current folder, as -m does
     try:
         env = gym.make(env_id, **env_kwargs)
     except ModuleNotFoundError as err:

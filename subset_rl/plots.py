@@ -204,7 +204,8 @@ def _features_figure(
     axes[0].set_title("acquired features on the mean image")
     axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize="small")
     shown = marg.mean(0) if marg is not None else freq
-    im = axes[1].imshow(shown.reshape(side, side), cmap="viridis", vmin=0.0, vmax=1.0)
+    im = axes[1].imshow(shown.reshape(side, side), cmap="viridis", vmin=0.0,
+                        vmax=float(shown.max()) or 1.0)
     fig.colorbar(im, ax=axes[1], shrink=0.8)
     which = "inclusion probability" if marg is not None else "how often each feature is acquired"
     axes[1].set_title(f"{policy_name}: {which}")
@@ -237,18 +238,22 @@ def _votes_figure(
             ax.set_axis_off()
             continue
         votes = np.bincount(labels[i][actions[i] > 0.5], minlength=classes)
-        colors = ["tab:green" if c == truth[i] else "tab:blue" for c in grid]
-        ax.bar(grid - (width / 2 if other else 0), votes, width, color=colors, label=policy_name)
+        ax.axvspan(truth[i] - 0.5, truth[i] + 0.5, color="tab:green", alpha=0.2, lw=0)
+        ax.bar(grid - (width / 2 if other else 0), votes, width, color="tab:blue",
+               label=policy_name)
         if other is not None:
             nearest = np.bincount(labels[i][other[1][i] > 0.5], minlength=classes)
-            ax.bar(grid + width / 2, nearest, width, color="0.65", label=other[0])
-        verdict = "right" if votes.argmax() == truth[i] and votes.max() > 0 else "wrong"
-        ax.set_title(f"query class {truth[i]}: vote {verdict}", fontsize="medium")
+            ax.bar(grid + width / 2, nearest, width, color="0.6", label=other[0])
+        winners = np.flatnonzero(votes == votes.max())
+        verdict = ("wrong" if truth[i] not in winners
+                   else "right" if len(winners) == 1 else f"{len(winners)}-way tie")
+        ax.set_title(f"query class {truth[i]}: {policy_name} vote {verdict}", fontsize="medium")
         ax.set_xticks(grid)
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.tick_params(labelsize="small")
         if i == 0:
             ax.legend(fontsize="x-small")
-    fig.supxlabel("class (green: the query's)")
+    fig.supxlabel("class (shaded: the query's)")
     fig.supylabel("votes of the chosen neighbours")
     return fig
 
