@@ -86,7 +86,7 @@ def optimize(
         batched: Whether ``f`` scores whole batches of subsets.
         batch: Largest number of subsets per call of a batched ``f`` or per parallel task
             (default: a whole request, split evenly over the workers).
-        samples: Subsets per request: SFESS samples per gradient step (32), CEM population
+        samples: Subsets per request: SFESS samples per gradient step (8), CEM population
             (64), random-search request size (64), number of annealing chains (8). Ignored by
             greedy (one request per step) and QR.
         device: Torch device of the SFESS/CEM distributions and of batched inputs.
