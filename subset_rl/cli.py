@@ -6,6 +6,7 @@
     subset-rl train subset_rl/SensorPlacement-v0             # SFESS, about a minute on 2 cores
     subset-rl train subset_rl/KNNVoting-v0 --agent ppo --steps 10000
     subset-rl eval runs/SensorPlacement-v0-sfess-0           # or .../model.pt, .../model.zip
+    subset-rl optimize mymodule:f --n 50 --k 5 --budget 2000 # see subset_rl.optimize.cli
 
 ``train`` shows a progress bar (``--quiet`` hides it), writes TensorBoard logs, periodic
 checkpoints and the final model under ``--logdir`` (default ``runs/<env>-<agent>-<seed>``), then
@@ -190,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model file or the run folder holding model.pt / model.zip")
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto")
     _add_eval_options(ev)
+
+    try:  # `subset-rl optimize MODULE:FUNCTION ...` lives with the optimizer
+        from subset_rl.optimize.cli import add_optimize_subcommand
+    except ImportError:
+        pass
+    else:
+        add_optimize_subcommand(sub)
     return parser
 
 
@@ -889,7 +897,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
     try:
-        return COMMANDS[args.command](args)
+        command = COMMANDS.get(args.command) or args.func
+        return int(command(args))
     except CLIError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -200,3 +200,11 @@ def test_eval_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     torch.save({"hello": 1}, junk)
     code, _, err = run(capsys, "eval", str(junk))
     assert code == 2 and "not a subset_rl agent checkpoint" in err
+
+
+def test_optimize_subcommand_is_wired_in(capsys):
+    pytest.importorskip("subset_rl.optimize.cli")
+    code, out, err = run(capsys, "optimize", "test_cli:overlap", "--n", "12", "--k", "3",
+                         "--budget", "60", "--method", "random", "--seed", "0", "--no-progress")
+    assert code == 0, err
+    assert "best value" in out
