@@ -47,7 +47,8 @@ class Pathwise(BaseAgent):
         estimator: one of :data:`ESTIMATORS`.
         reward_fn: ``reward_fn(z, context) -> (samples, batch)`` differentiable in ``z``
             (``(samples, batch, n)``). ``None`` uses the objective itself, which must then be
-            differentiable (a batched torch black box is; the built-in envs' objectives are not).
+            declare ``differentiable = True`` (e.g. ``BlackBoxObjective(f, n, k, batched=True,
+            differentiable=True)``); the built-in envs' objectives are black boxes.
         num_samples: actions per context.
         tau: temperature of ``gs``/``stgs``.
         lambda_: step size of ``imle`` and ``intermediate``.
@@ -77,6 +78,12 @@ class Pathwise(BaseAgent):
         self.tau = float(tau)
         self.lambda_ = float(lambda_)
         super().__init__(env, **kwargs)
+        if reward_fn is None and not getattr(self.objective, "differentiable", False):
+            raise ValueError(
+                f"{type(self.objective).__name__} is a black box (differentiable=False), so the "
+                f"{estimator!r} estimator would get no gradient; pass a differentiable "
+                "reward_fn(z, context) or use the SFESS agent"
+            )
         self.aimle = AdaptiveIMLE(self.k).to(self.device) if estimator == "aimle" else None
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -127,9 +134,9 @@ class Pathwise(BaseAgent):
             rewards = self.objective.evaluate(zo, ctx, validate=False)["reward"]
         if not rewards.requires_grad:
             raise ValueError(
-                f"the reward of {type(self.objective).__name__} is not differentiable in the "
-                f"action, so the {self.estimator!r} estimator gets no gradient; pass a "
-                "differentiable reward_fn(z, context) or use the SFESS agent (black boxes)"
+                "the reward carries no gradient to the action, so the "
+                f"{self.estimator!r} estimator gets none; reward_fn (or an objective declared "
+                "differentiable) must be a differentiable torch function of z"
             )
         rewards = rewards.to(self.device)
         return -rewards.mean(), {"rewards": rewards, "z": z}

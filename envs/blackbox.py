@@ -39,6 +39,8 @@ class BlackBoxObjective(SubsetObjective):
         batched: Whether ``f`` takes whole batches.
         forbidden: Optional mask or indices of items that may not be chosen.
         success_threshold: If given, an action succeeds when its value is at least this.
+        differentiable: With ``batched=True``, declare that ``f`` is differentiable in ``z``
+            (then pathwise estimators can train on it).
         device: Torch device.
         dtype: Floating dtype.
     """
@@ -52,6 +54,7 @@ class BlackBoxObjective(SubsetObjective):
         batched: bool = False,
         forbidden: ArrayLike | None = None,
         success_threshold: float | None = None,
+        differentiable: bool = False,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -59,11 +62,21 @@ class BlackBoxObjective(SubsetObjective):
             raise TypeError(f"f: expected a callable, found {type(f).__name__}")
         if not isinstance(batched, bool):
             raise TypeError(f"batched: expected a bool, found {type(batched).__name__}")
+        if not isinstance(differentiable, bool):
+            raise TypeError(
+                f"differentiable: expected a bool, found {type(differentiable).__name__}"
+            )
+        if differentiable and not batched:
+            raise ValueError(
+                "differentiable=True needs batched=True (a torch callable on (samples, batch, n) "
+                "tensors); a per-action Python callable gets numpy arrays and no gradient"
+            )
         n = check_int("n", n, minimum=1)
         allowed = None if forbidden is None else ~as_index_mask("forbidden", forbidden, n)
         super().__init__(n, k, allowed=allowed, device=device, dtype=dtype)
         self.f = f
         self.batched = batched
+        self.differentiable = differentiable
         self.name = _callable_name(f)
         self.success_threshold: float | None = None
         if success_threshold is not None:

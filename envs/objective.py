@@ -90,12 +90,16 @@ class SubsetObjective(abc.ABC):
         obs_low: Lower bound of the observations (a scalar).
         obs_high: Upper bound of the observations (a scalar).
         has_success: Whether :meth:`evaluate` returns a ``"success"`` entry.
+        differentiable: Whether the reward is a differentiable function of the (relaxed) action
+            ``z``, so that pathwise estimators get a meaningful gradient. ``False`` for black
+            boxes (every built-in env); a user's batched torch objective may declare ``True``.
     """
 
     obs_dim: int = 1
     obs_low: float = 0.0
     obs_high: float = 1.0
     has_success: bool = False
+    differentiable: bool = False
 
     def __init__(
         self,

@@ -20,7 +20,9 @@ BEST = set(WEIGHTS.topk(3).indices.tolist())  # {2, 4, 7}
 
 def linear_objective(device: torch.device) -> BlackBoxObjective:
     w = WEIGHTS.to(device)
-    return BlackBoxObjective(lambda z: (z * w).sum(-1), 10, 3, batched=True, device=device)
+    return BlackBoxObjective(
+        lambda z: (z * w).sum(-1), 10, 3, batched=True, differentiable=True, device=device
+    )
 
 
 class ContextualLinear(SubsetObjective):
@@ -74,9 +76,14 @@ def test_pathwise_estimators_train_on_differentiable_objective(estimator, device
 
 def test_pathwise_refuses_black_box(device):
     objective = BlackBoxObjective(lambda z: float(z[0]), 6, 2, device=device)
-    agent = Pathwise(objective, estimator="stgs", device=device)
-    with pytest.raises(ValueError, match="not differentiable"):
-        agent.learn(1)
+    with pytest.raises(ValueError, match="black box"):
+        Pathwise(objective, estimator="stgs", device=device)
+    with pytest.raises(ValueError, match="black box"):
+        Pathwise("subset_rl/SensorPlacement-v0", estimator="simple", device=device)
+    lying = BlackBoxObjective(lambda z: torch.ones(z.shape[:2]), 6, 2, batched=True,
+                              differentiable=True, device=device)
+    with pytest.raises(ValueError, match="carries no gradient"):
+        Pathwise(lying, estimator="stgs", device=device).learn(1)
 
 
 def test_resume_from_checkpoint_continues_exactly(tmp_path, device):
@@ -129,7 +136,8 @@ def test_save_load_round_trip_predicts_identically(tmp_path, device):
     single, _ = loaded.predict(obs[0])
     assert single.shape == (8,) and single.sum() == 2
     with pytest.raises(ValueError, match="holds a 'SFESS' agent"):
-        Pathwise(ContextualLinear(device=device), device=device).learn(
+        Pathwise(ContextualLinear(device=device), device=device,
+                 reward_fn=lambda z, ctx: (z * ctx.obs).sum(-1)).learn(
             1, resume_from=tmp_path / "a.pt"
         )
 

@@ -33,7 +33,9 @@ if "clitest/Overlap-v0" not in gym.registry:
     )
     gym.register(
         id="clitest/Linear-v0",
-        entry_point=lambda **kw: make_blackbox_env(weighted_sum, 10, 2, batched=True, **kw),
+        entry_point=lambda **kw: make_blackbox_env(
+            weighted_sum, 10, 2, batched=True, differentiable=True, **kw
+        ),
     )
 
 
