@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all lint bench clean
+.PHONY: install demo tour test test-slow test-all lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/subset-rl train subset_rl/SensorPlacement-v0
+
+tour: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
