@@ -17,6 +17,7 @@ from subset_rl import KSubsetPolicy, marginals
 from subset_rl.estimators import loo_advantages
 from subset_rl.experiments import (
     ESTIMATORS,
+    PAPER_RESULTS,
     EstimatorConfig,
     FeatureSelectionConfig,
     RunResult,
@@ -100,6 +101,11 @@ def test_quick_smoke_every_experiment_and_estimator(tmp_path, device, one_thread
     md = (out / "results.md").read_text()
     for label in ("SFESS+VR", "SIMPLE", "AIMLE", "IL", "IP-CAE", "Random (fixed)"):
         assert f"| {label} |" in md
+    # merging the run's per_seed.csv gives back the same table
+    assert main(["merge", str(out), "--out", str(tmp_path / "merged")]) == 0
+    merged = _read_csv(tmp_path / "merged" / "results.csv")
+    key = lambda r: (r["experiment"], r["estimator"], r["mean"], r["unique_percentage"])  # noqa: E731
+    assert sorted(map(key, merged)) == sorted(map(key, rows))
 
 
 # --------------------------------------------------------------------------- substance
@@ -165,6 +171,19 @@ def test_tables_put_the_paper_number_next_to_the_measured_one(tmp_path):
     paths = write_outputs(results, tmp_path, command="test")
     assert paths["csv"].is_file() and paths["md"].is_file()
     assert (tmp_path / "curves_feature_selection_mnist_k50.png").is_file()
+
+
+def test_paper_preset_covers_every_cell_of_the_paper(capsys):
+    assert main(["paper", "--device", "cpu", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    for experiment, dataset, setting in PAPER_RESULTS:
+        line = next(
+            (ln for ln in plan.splitlines() if ln.startswith(f"{experiment} {dataset} {setting}:")),
+            None,
+        )
+        assert line is not None, (experiment, dataset, setting)
+        assert "seeds [0, 1, 2, 3, 4]" in line and "50000 steps" in line
+        assert all(e in line for e in ESTIMATORS)
 
 
 # --------------------------------------------------------------------------- errors

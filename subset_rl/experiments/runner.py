@@ -9,8 +9,12 @@ Usage (``python -m subset_rl.experiments --help`` lists every option)::
     python -m subset_rl.experiments feature_selection --dataset mnist --k 50 --steps 300 \\
         --eval-every 100 --seeds 0 --out examples/results/paper/cpu
 
-    # every cell of the paper: 50,000 steps, 5 seeds, both data sets (a GPU job)
+    # every cell of the paper: 50,000 steps, 5 seeds, both data sets (a GPU job);
+    # --dry-run lists the 400 runs first
     python -m subset_rl.experiments paper --device cuda --out examples/results/paper/full
+
+    # split over GPUs (any selection of experiments / data sets / seeds), then merge
+    python -m subset_rl.experiments merge OUT_DIR_1 OUT_DIR_2 ... --out examples/results/paper/full
 
 Each invocation writes, under ``--out``:
 
@@ -19,7 +23,8 @@ Each invocation writes, under ``--out``:
   seeds of the test metric, next to the paper's number, with the wall-clock per training step;
 * ``curves_<experiment>_<dataset>_<setting>.png``: validation curves (mean and spread over seeds);
 * ``timing_<experiment>_<dataset>_<setting>.png``: seconds per training step (Fig. 3b);
-* ``unique_<dataset>_<setting>.png``: the IP-CAE unique-percentage curves.
+* ``unique_ipcae_<dataset>_<setting>.png``: the IP-CAE unique-percentage curves;
+* ``config.json``: the command and every setting of every cell.
 """
 
 from __future__ import annotations
@@ -65,7 +70,15 @@ from .feature_selection import (
 from .knn import KNNConfig, train_knn
 from .vae import VAEConfig, train_vae
 
-__all__ = ["Cell", "build_parser", "main", "run_cells", "summarize", "write_outputs"]
+__all__ = [
+    "Cell",
+    "build_parser",
+    "main",
+    "read_per_seed",
+    "run_cells",
+    "summarize",
+    "write_outputs",
+]
 
 EXPERIMENTS = ("feature_selection", "vae", "knn", "ipcae")
 """Experiments of the runner, in table order."""
@@ -300,6 +313,7 @@ _PER_SEED_FIELDS = [
     "unique_percentage",
     "val_steps",
     "val_values",
+    "unique_curve",
 ]
 
 
@@ -361,23 +375,79 @@ def run_cells(
                         file=sys.stderr,
                     )
                 if per_seed is not None:
-                    with per_seed.open("a", newline="") as fh:
-                        csv.writer(fh).writerow(
-                            [
-                                result.experiment,
-                                result.dataset,
-                                result.setting,
-                                result.estimator,
-                                result.seed,
-                                result.steps,
-                                result.metric,
-                                f"{result.value:.6g}",
-                                f"{result.seconds_per_step:.6g}",
-                                result.extra.get("unique_percentage", ""),
-                                " ".join(map(str, result.val_steps)),
-                                " ".join(f"{v:.6g}" for v in result.val_values),
-                            ]
-                        )
+                    _append_per_seed([result], per_seed)
+    return results
+
+
+def _append_per_seed(results: Sequence[RunResult], path: Path) -> None:
+    with path.open("a", newline="") as fh:
+        writer = csv.writer(fh)
+        for r in results:
+            writer.writerow(
+                [
+                    r.experiment,
+                    r.dataset,
+                    r.setting,
+                    r.estimator,
+                    r.seed,
+                    r.steps,
+                    r.metric,
+                    f"{r.value:.6g}",
+                    f"{r.seconds_per_step:.6g}",
+                    r.extra.get("unique_percentage", ""),
+                    " ".join(map(str, r.val_steps)),
+                    " ".join(f"{v:.6g}" for v in r.val_values),
+                    " ".join(f"{v:.6g}" for v in r.extra_curves.get("unique_percentage", [])),
+                ]
+            )
+
+
+def read_per_seed(path: Path) -> list[RunResult]:
+    """Reads the runs back from a ``per_seed.csv`` written by :func:`run_cells`.
+
+    Args:
+        path: The CSV file, or a directory holding ``per_seed.csv``.
+
+    Returns:
+        The runs, with their validation curves.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If a required column is missing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "per_seed.csv"
+    results = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(_PER_SEED_FIELDS[:9]) - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: expected columns {sorted(missing)}, found none of them")
+        for row in reader:
+            floats = lambda text: [float(v) for v in (text or "").split()]  # noqa: E731
+            unique = floats(row.get("unique_curve"))
+            results.append(
+                RunResult(
+                    experiment=row["experiment"],
+                    dataset=row["dataset"],
+                    setting=row["setting"],
+                    estimator=row["estimator"],
+                    seed=int(row["seed"]),
+                    steps=int(row["steps"]),
+                    metric=row["metric"],
+                    value=float(row["value"]),
+                    seconds_per_step=float(row["seconds_per_step"]),
+                    val_steps=[int(v) for v in (row.get("val_steps") or "").split()],
+                    val_values=floats(row.get("val_values")),
+                    extra_curves={"unique_percentage": unique} if unique else {},
+                    extra=(
+                        {"unique_percentage": float(row["unique_percentage"])}
+                        if row.get("unique_percentage")
+                        else {}
+                    ),
+                )
+            )
     return results
 
 
@@ -483,6 +553,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.replace("=", "")).strip("_")
 
 
+_LINESTYLES = ("-", "--")
+_MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*", "P", "h")
+
+
 def _plot_outputs(results: Sequence[RunResult], out: Path) -> list[Path]:
     import matplotlib
 
@@ -502,12 +576,19 @@ def _plot_outputs(results: Sequence[RunResult], out: Path) -> list[Path]:
         curve_keys = ["val"] + (["unique_percentage"] if experiment == "ipcae" else [])
         for key in curve_keys:
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
-            for est, group in by_est.items():
+            for index, (est, group) in enumerate(by_est.items()):
                 steps = np.array(group[0].val_steps)
                 series = [r.val_values if key == "val" else r.extra_curves[key] for r in group]
                 values = np.array([s[: len(steps)] for s in series], dtype=float)
                 mean = values.mean(0)
-                ax.plot(steps, mean, label=estimator_label(est))
+                ax.plot(
+                    steps,
+                    mean,
+                    label=estimator_label(est),
+                    linestyle=_LINESTYLES[index % len(_LINESTYLES)],
+                    marker=_MARKERS[index % len(_MARKERS)],
+                    markersize=3,
+                )
                 if len(group) > 1:
                     ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
             ax.set_xlabel("training step")
@@ -524,7 +605,8 @@ def _plot_outputs(results: Sequence[RunResult], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         labels = [estimator_label(e) for e in by_est]
         ms = [1e3 * float(np.mean([r.seconds_per_step for r in g])) for g in by_est.values()]
-        ax.bar(labels, ms, color="tab:blue")
+        bars = ax.bar(labels, ms, color="tab:blue")
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_ylabel("ms per training step")
         ax.set_yscale("log")
         ax.set_title(f"wall-clock per step · {experiment} · {dataset} · {setting}")
@@ -707,6 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the runs that would be made and exit"
+    )
     return p
 
 
@@ -731,6 +816,30 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         args.out = Path("examples/results/paper") / ("quick" if quick else "latest")
 
 
+def _merge(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m subset_rl.experiments merge",
+        description="Combine the per_seed.csv of several runs (e.g. one per GPU) into one table.",
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="output directories or CSV files")
+    parser.add_argument("--out", type=Path, required=True, help="where the merged table goes")
+    args = parser.parse_args(list(argv))
+    results: list[RunResult] = []
+    try:
+        for path in args.inputs:
+            results += read_per_seed(path)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "per_seed.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerow(_PER_SEED_FIELDS)
+    command = "python -m subset_rl.experiments merge " + " ".join(map(str, argv))
+    write_outputs(results, args.out, command=command, device="see the merged runs")
+    _append_per_seed(results, args.out / "per_seed.csv")
+    print(markdown_table(summarize(results)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m subset_rl.experiments``.
 
@@ -740,8 +849,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status (0). Bad arguments exit with status 2 and a message naming them.
     """
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if argv[:1] == ["merge"]:
+        return _merge(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parser.parse_args(argv)
     _resolve_defaults(args)
     try:
         cells = build_cells(args)
@@ -751,6 +863,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"device: {args.device} requested but CUDA is not available")
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
+    if args.dry_run:
+        total = 0
+        for cell in cells:
+            runs = len(cell.estimators) * len(args.seeds)
+            total += runs
+            print(
+                f"{cell.experiment} {cell.dataset} {cell.setting}: "
+                f"{', '.join(cell.estimators)} x seeds {args.seeds} = {runs} runs of "
+                f"{cell.config.train.steps} steps"
+            )
+        print(f"{total} runs in all; output under {args.out}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device_name = (
@@ -760,9 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    command = "python -m subset_rl.experiments " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = "python -m subset_rl.experiments " + " ".join(argv)
     (out / "config.json").write_text(
         json.dumps(
             {
