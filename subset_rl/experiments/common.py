@@ -41,8 +41,10 @@ from ..estimators import (
 )
 
 __all__ = [
+    "BASELINES",
     "DATASETS",
     "ESTIMATORS",
+    "METRICS",
     "PAPER_RESULTS",
     "Draw",
     "EstimatorConfig",
@@ -54,10 +56,14 @@ __all__ = [
     "TrainConfig",
     "batch_stream",
     "canonical_dataset",
+    "estimator_label",
     "load_splits",
     "make_mlp",
     "paper_value",
     "parse_estimators",
+    "progress",
+    "seed_everything",
+    "train_loop",
 ]
 
 

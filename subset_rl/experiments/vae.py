@@ -151,7 +151,11 @@ def train_vae(
         x = data.x_train[next(batches).to(device)]
         logits = model.logits(x)
         draw = layer(logits, generator=gen)
-        dist = draw.dist or KSubsetPolicy(logits, config.k, validate_args=False)
+        dist = (
+            draw.dist
+            if draw.dist is not None
+            else KSubsetPolicy(logits, config.k, validate_args=False)
+        )
         rec = model.reconstruction(draw.z, x)  # (S, B)
         loss = layer.objective(draw, rec) + kl_to_uniform(dist).sum(-1).mean()
         optimizer.zero_grad(set_to_none=True)
