@@ -191,6 +191,13 @@ def test_distribution_methods_find_the_brute_force_optimum(method, seed):
     assert res.best_indices == idx
 
 
+def test_distribution_methods_on_the_test_device(device):
+    for method in ("sfess", "cem"):
+        res = run(SMALL.batch, method, SMALL_BUDGET, batched=True, device=device)
+        assert res.best_value == pytest.approx(brute_force(SMALL.batch, N, K)[0])
+        assert res.marginals.shape == (N,)
+
+
 def test_random_search_mostly_misses_the_optimum_with_that_budget():
     opt, _ = brute_force(SMALL.batch, N, K)
     hits = [run(SMALL, "random", SMALL_BUDGET, seed=s).best_value == opt for s in range(3)]

@@ -390,19 +390,19 @@ def is_ray_address(value: object) -> bool:
 
 def describe_executor(executor: object) -> str:
     """A short name for an ``executor`` argument (for messages and results)."""
-    if executor in _LOCAL_NAMES:
-        return str(executor or "serial")
     if isinstance(executor, Executor):
         return type(executor).__name__
+    if executor is None or executor in ("serial", "process", "ray"):
+        return str(executor or "serial")
     return f"ray({executor})"
 
 
 def validate_executor(executor: object) -> None:
     """Raises ``TypeError``/``ValueError`` for an ``executor`` argument that cannot work."""
-    if executor in _LOCAL_NAMES or isinstance(executor, Executor):
+    if executor is None or isinstance(executor, Executor):
         return
     if isinstance(executor, str):
-        if is_ray_address(executor):
+        if executor in _LOCAL_NAMES or is_ray_address(executor):
             return
         raise ValueError(
             "executor: expected None, 'serial', 'process', 'ray', a Ray address ('auto', "
