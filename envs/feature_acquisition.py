@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
-from subset_rl.data import Dataset, load_dataset, train_test_split
+from subset_rl.data import Dataset, as_dataset, train_test_split
 
 from ._validation import as_float_vector, as_index_mask, check_choice, check_float, check_int
 from .base import SubsetEnv
@@ -98,18 +98,9 @@ def train_masked_classifier(
 
 def _resolve_dataset(dataset: str | Dataset | tuple[ArrayLike, ArrayLike]) -> tuple[Dataset, str]:
     """The data set and a cache key for it."""
+    data = as_dataset(dataset)
     if isinstance(dataset, str):
-        data = load_dataset(dataset)
         return data, data.name
-    if isinstance(dataset, Dataset):
-        data = dataset
-    elif isinstance(dataset, tuple) and len(dataset) == 2:
-        data = Dataset.from_arrays(*dataset)
-    else:
-        raise TypeError(
-            "dataset: expected a name ('digits', 'breast_cancer', 'wine', ...), a Dataset or a "
-            f"tuple (X, y), found {type(dataset).__name__}"
-        )
     digest = hashlib.sha1(np.ascontiguousarray(data.X).tobytes())
     digest.update(np.ascontiguousarray(data.y).tobytes())
     return data, f"{data.name}:{digest.hexdigest()}"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from subset_rl.data import Dataset, load_dataset, train_test_split
+from subset_rl.data import Dataset, as_dataset, train_test_split
 from subset_rl.data import standardize as standardize_features
 
 from ._validation import check_choice, check_float, check_int
@@ -129,17 +129,7 @@ class KNNVotingObjective(SubsetObjective):
         self.reward_kind = check_choice("reward", reward, ("majority", "fraction"))
         self.tie_break = check_choice("tie_break", tie_break, TIE_BREAKS)
         self.split = check_choice("split", split, ("train", "test"))
-        if isinstance(dataset, str):
-            data = load_dataset(dataset)
-        elif isinstance(dataset, Dataset):
-            data = dataset
-        elif isinstance(dataset, tuple) and len(dataset) == 2:
-            data = Dataset.from_arrays(*dataset)
-        else:
-            raise TypeError(
-                "dataset: expected a name ('digits', ...), a Dataset or a tuple (X, y), found "
-                f"{type(dataset).__name__}"
-            )
+        data = as_dataset(dataset)
         fraction = check_float("test_fraction", test_fraction, minimum=0.0, maximum=1.0)
         train, test = train_test_split(data, fraction, data_seed)
         X_train, X_test = np.asarray(train.X, np.float64), np.asarray(test.X, np.float64)

@@ -27,12 +27,14 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "DATA_ENV_VAR",
     "Dataset",
+    "as_dataset",
     "load_dataset",
     "load_fashion_mnist",
     "load_mnist",
@@ -408,6 +410,24 @@ def load_dataset(
     raise ValueError(
         f"load_dataset: expected one of {sorted(_SKLEARN_LOADERS) + list(_IDX_SETS)}, "
         f"found {name!r}"
+    )
+
+
+def as_dataset(dataset: str | Dataset | tuple[Any, Any]) -> Dataset:
+    """A :class:`Dataset` from a name (see :func:`load_dataset`), a Dataset, or a tuple ``(X, y)``.
+
+    Raises:
+        TypeError: For anything else.
+    """
+    if isinstance(dataset, str):
+        return load_dataset(dataset)
+    if isinstance(dataset, Dataset):
+        return dataset
+    if isinstance(dataset, tuple) and len(dataset) == 2:
+        return Dataset.from_arrays(*dataset)
+    raise TypeError(
+        "dataset: expected a name ('digits', 'breast_cancer', 'wine', ...), a Dataset or a "
+        f"tuple (X, y), found {type(dataset).__name__}"
     )
 
 
