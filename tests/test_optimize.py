@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -15,6 +17,7 @@ from subset_rl.optimize import (
     EvaluationError,
     FacilityLocation,
     OptimizeState,
+    SensorPlacementReward,
     WeightedCoverage,
     brute_force,
     fit_logits,
@@ -380,3 +383,39 @@ def test_qr_method_uses_the_basis():
     res = run(SMALL, "qr", 50, options={"basis": basis})
     np.testing.assert_array_equal(res.best_subset, qr_placement(basis, K))
     assert res.n_evaluations == 1 and "QR" in res.message
+
+
+@pytest.mark.parametrize("method", ["sfess", "random", "greedy", "annealing", "cem"])
+def test_k_equal_n_has_one_subset(method):
+    res = optimize(linear, 4, 4, budget=50, method=method, seed=0, progress=False)
+    assert res.best_indices == (0, 1, 2, 3)
+    assert res.n_evaluations == (4 + 3 + 2 + 1 if method == "greedy" else 1)
+
+
+def test_ray_executor_without_ray_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ImportError, match="pip install"):
+        run(SMALL, "random", 10, executor="ray")
+
+
+def test_sensor_placement_reward_matches_the_env_objective():
+    from subset_rl.envs import SensorContext
+
+    f = SensorPlacementReward(4, shape=(6, 6), rank=4, n_train=60, n_test=8)
+    obj = f.objective
+    z = torch.as_tensor(obj.random_placement(size=5, rng=0), dtype=torch.float32)
+    fields = obj.test_fields
+    ctx = SensorContext(
+        obs=torch.zeros(8, 1), index=torch.arange(8), fields=fields, noise=torch.zeros_like(fields)
+    )
+    expected = obj(z.unsqueeze(1).expand(-1, 8, -1), ctx).mean(-1).double()
+    torch.testing.assert_close(f.batch(z), expected, rtol=1e-5, atol=1e-6)
+    assert f(z[0].numpy()) == pytest.approx(float(expected[0]), rel=1e-5)
+    # fewer sensors (greedy's partial placements) are scored by a 1-sensor objective
+    one = f._objective(1, torch.device("cpu"))
+    assert one.k == 1 and math.isfinite(f(np.eye(36)[0]))
+    # the QR method on qr_basis() is the objective's own QR placement
+    res = optimize(f, 36, 4, budget=5, method="qr", options={"basis": f.qr_basis()}, progress=False)
+    np.testing.assert_array_equal(res.best_subset, obj.qr_placement())
+    g = pickle.loads(pickle.dumps(f))
+    assert g(z[0].numpy()) == pytest.approx(f(z[0].numpy()))
