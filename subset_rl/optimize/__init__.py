@@ -26,11 +26,11 @@ from .objectives import (
 from .result import EvaluationError, History, OptimizeResult, OptimizeState
 
 __all__ = [
-    "METHODS",
     "DOptimalDesign",
     "EvaluationError",
     "FacilityLocation",
     "History",
+    "METHODS",
     "OptimizeResult",
     "OptimizeState",
     "SensorPlacementReward",

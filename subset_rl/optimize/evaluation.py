@@ -18,7 +18,11 @@ from numpy.typing import ArrayLike, NDArray
 from .executors import Backend
 from .result import EvaluationError, History, OptimizeResult, OptimizeState, k_hot
 
-__all__ = ["STALL_ROUNDS", "Evaluator", "Request"]
+__all__ = [
+    "Evaluator",
+    "Request",
+    "STALL_ROUNDS",
+]
 
 #: A run stops (converged) after this many consecutive requests without a new subset.
 STALL_ROUNDS = 25
