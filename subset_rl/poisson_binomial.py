@@ -285,12 +285,16 @@ def _check_method(method: str) -> None:
 _DFT_AUTO_MAX_WORK = 250_000
 
 
-def _auto_method(rows: int, n: int, k: int, dtype: torch.dtype) -> str:
+def _auto_method(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> str:
     """The faster exact method, decided without looking at the data (no device sync).
 
-    The DFT's frequency count is bounded with the largest variance a centred Poisson-binomial
-    with mean ``k`` can have, ``k (1 - k / n)``.
+    On CPU, the DFT below a work bound (its frequency count bounded with the largest variance a
+    centred Poisson-binomial with mean ``k`` can have, ``k (1 - k / n)``), the tree above. Off
+    the CPU always the tree: it never synchronises with the host, while the DFT reads its
+    frequency count back.
     """
+    if device.type != "cpu":
+        return "tree"
     M = _frequency_count(n, k * (1 - k / n), 1.0, dtype)
     return "dft" if rows * n * (M // 2) <= _DFT_AUTO_MAX_WORK else "tree"
 
@@ -301,14 +305,13 @@ def _log_normalizer_2d(logits: Tensor, k: int, method: str) -> Tensor:
     safe = torch.where(finite, logits, torch.zeros_like(logits))
     if k == 0:  # one subset, the empty one
         return safe.sum(-1) * 0
-    if bool((finite.sum(-1) == k).all()):  # one subset per row: all available items
-        return safe.sum(-1)
-    # Rows with exactly k available items need no special case: the shift pushes their theta
-    # towards 1 and log PB_k + sum softplus - k c = sum_i log sigmoid + softplus = sum of logits.
+    # Rows with exactly k available items (one subset) need no special case, and checking for
+    # them would cost a device sync: the shift pushes their odds up and the tree (or the DFT,
+    # log PB_k + sum softplus - k c = sum_i log sigmoid + softplus) gives the sum of logits.
     c = centering_shift(logits, k)
     shifted = logits + c
     if method == "auto":
-        method = _auto_method(logits.shape[0], logits.shape[-1], k, logits.dtype)
+        method = _auto_method(logits.shape[0], logits.shape[-1], k, logits.dtype, logits.device)
     if method == "tree":
         log_esp = _log_esp_tree(shifted, k)
     else:
@@ -401,7 +404,8 @@ def sample_conditional_poisson(
       sample gets no acceptance, the whole call is redrawn with the tree, so the output is
       exact either way. Few, large operations: the fast choice for few samples of few rows.
 
-    ``"auto"`` uses rejection while ``T * num_samples * rows * n`` is small, the tree otherwise.
+    ``"auto"`` uses rejection on CPU while ``T * num_samples * rows * n`` is small, the tree
+    otherwise (the tree never synchronises with the host, so it is the choice on GPUs).
 
     Args:
         logits: ``(B, n)`` logits (``-inf`` = never chosen), at least ``k`` finite per row.
@@ -422,13 +426,11 @@ def sample_conditional_poisson(
         return torch.zeros(S, B, n, dtype=dt, device=dev)
     with torch.no_grad():
         logits = logits.detach()
-        finite = torch.isfinite(logits)
-        if bool((finite.sum(-1) == k).all()):
-            return finite.to(dt).expand(S, B, n).clone()
         shifted = logits + centering_shift(logits, k)
         trials = _rejective_trials(n, k)
+        # Rejection reads back whether every sample was accepted (a sync): CPU only in "auto".
         if method == "rejective" or (
-            method == "auto" and trials * S * B * n <= _REJECTIVE_MAX_WORK
+            method == "auto" and dev.type == "cpu" and trials * S * B * n <= _REJECTIVE_MAX_WORK
         ):
             z = _sample_rejective(shifted, k, S, trials, generator)
             if z is not None:
