@@ -270,7 +270,8 @@ class SubsetLayer(nn.Module):
                 generator=generator,
             )
         elif name == "aimle":
-            assert self.aimle is not None
+            if self.aimle is None:  # built with the estimator; only a misuse gets here
+                raise RuntimeError("the AIMLE module was not built for this estimator")
             z = self.aimle(rows, generator=generator)
         else:
             z = intermediate_loss_sample(rows, k, cfg.intermediate_lambda, generator=generator)
