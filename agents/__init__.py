@@ -7,7 +7,7 @@
 from .base import BaseAgent, resolve_device, resolve_objective
 from .gym_objective import GymEnvObjective, SeedContext
 from .pathwise import ESTIMATORS, Pathwise
-from .policies import FreeLogits, IPLogits, MLPLogits, build_policy
+from .policies import FreeLogits, IPLogits, MLPLogits, PairwiseLogits, build_policy
 from .sfess import SFESS
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "GymEnvObjective",
     "IPLogits",
     "MLPLogits",
+    "PairwiseLogits",
     "Pathwise",
     "SeedContext",
     "build_policy",

@@ -94,9 +94,10 @@ class BaseAgent(abc.ABC):
     Args:
         env: a :class:`~subset_rl.envs.SubsetObjective`, a Gymnasium env (its batched objective
             is used when it has one, else seeded resets of the env itself), or a registered id.
-        policy: ``"auto"`` (an MLP for contextual objectives, free logits otherwise),
-            ``"mlp"``, ``"free"``, ``"ip"`` (indirect parameterization), or an ``nn.Module``
-            mapping observations ``(batch, obs_dim)`` to logits ``(batch, n)``.
+        policy: ``"auto"`` (per-item scores for query + items observations such as k-NN
+            voting, an MLP for other contextual objectives, free logits otherwise), ``"mlp"``,
+            ``"free"``, ``"ip"`` (indirect parameterization), ``"pairwise"``, or an
+            ``nn.Module`` mapping observations ``(batch, obs_dim)`` to logits ``(batch, n)``.
         batch_size: contexts per step.
         learning_rate: optimizer step size.
         optimizer: ``"adam"``, ``"sgd"`` or a ``torch.optim.Optimizer`` class.
@@ -153,7 +154,10 @@ class BaseAgent(abc.ABC):
         self.obs_dim = int(probe.obs.shape[-1])
         contextual = bool(getattr(self.objective, "contextual", bool((probe.obs != 0).any())))
         self.policy_name = policy if isinstance(policy, str) else type(policy).__name__
-        self.policy = build_policy(policy, self.obs_dim, self.n, contextual).to(self.device)
+        item_features = getattr(self.objective, "n_features", None)
+        self.policy = build_policy(
+            policy, self.obs_dim, self.n, contextual, item_features
+        ).to(self.device)
         self.logit_mask = self.objective.logit_mask().to(self.device)
         self.optimizer = self._make_optimizer(optimizer)
         self.num_steps = 0
