@@ -379,7 +379,50 @@ def _check_policy_options(
 # --------------------------------------------------------------------------------------------
 # Policy
 # --------------------------------------------------------------------------------------------
-class KSubsetActorCriticPolicy(ActorCriticPolicy):
+class _KSubsetPolicyMixin:
+    """What both k-hot actor-critic policies share: options, ``k`` before ``_build``, the head."""
+
+    action_net: nn.Module
+    action_dist: Any
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
+        lr_schedule: Schedule,
+        *args: Any,
+        sampler: Sampler = "exact",
+        entropy_grad: bool = True,
+        validate_args: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        space = check_k_hot_space(action_space)
+        if kwargs.get("use_sde"):
+            raise ValueError(
+                "use_sde: expected False, found True (gSDE is for continuous actions; the k-hot "
+                "head has no state-dependent noise)"
+            )
+        # Read by _build, which the SB3 policy's __init__ calls.
+        self.k = space.k
+        self._subset_options = _check_policy_options(sampler, entropy_grad, validate_args)
+        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
+
+    @property
+    def entropy_grad(self) -> bool:
+        """Whether the entropy carries its gradient."""
+        return bool(self._subset_options["entropy_grad"])
+
+    def _get_action_dist_from_latent(self, latent_pi: Tensor) -> Any:
+        """The k-subset distribution for the actor's latent features ``(batch, latent_dim)``."""
+        return self.action_dist.proba_distribution(action_logits=self.action_net(latent_pi))
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data.update(self._subset_options)
+        return data
+
+
+class KSubsetActorCriticPolicy(_KSubsetPolicyMixin, ActorCriticPolicy):
     """Actor-critic policy whose action head is a :class:`KSubsetDistribution`.
 
     Use it as ``PPO(KSubsetActorCriticPolicy, env)`` or ``A2C(KSubsetActorCriticPolicy, env)`` on
@@ -403,33 +446,6 @@ class KSubsetActorCriticPolicy(ActorCriticPolicy):
     """
 
     action_dist: KSubsetDistribution
-
-    def __init__(
-        self,
-        observation_space: spaces.Space[Any],
-        action_space: spaces.Space[Any],
-        lr_schedule: Schedule,
-        *args: Any,
-        sampler: Sampler = "exact",
-        entropy_grad: bool = True,
-        validate_args: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        space = check_k_hot_space(action_space)
-        if kwargs.get("use_sde"):
-            raise ValueError(
-                "use_sde: expected False, found True (gSDE is for continuous actions; the k-hot "
-                "head has no state-dependent noise)"
-            )
-        # Read by _build, which ActorCriticPolicy.__init__ calls.
-        self.k = space.k
-        self._subset_options = _check_policy_options(sampler, entropy_grad, validate_args)
-        super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
-
-    @property
-    def entropy_grad(self) -> bool:
-        """Whether the entropy carries its gradient."""
-        return bool(self._subset_options["entropy_grad"])
 
     def _make_action_dist(self) -> KSubsetDistribution:
         space = check_k_hot_space(self.action_space)
@@ -465,15 +481,6 @@ class KSubsetActorCriticPolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(  # type: ignore[call-arg]
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
-
-    def _get_action_dist_from_latent(self, latent_pi: Tensor) -> KSubsetDistribution:
-        """The k-subset distribution for the actor's latent features ``(batch, latent_dim)``."""
-        return self.action_dist.proba_distribution(action_logits=self.action_net(latent_pi))
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(self._subset_options)
-        return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,7 +545,7 @@ if HAS_SB3_CONTRIB:
                 )
             self.distribution = self._make(logits.masked_fill(~item, float("-inf")))
 
-    class MaskableKSubsetActorCriticPolicy(MaskableActorCriticPolicy):
+    class MaskableKSubsetActorCriticPolicy(_KSubsetPolicyMixin, MaskableActorCriticPolicy):
         """MaskablePPO policy with a :class:`MaskableKSubsetDistribution` head.
 
         ``MaskablePPO(MaskableKSubsetActorCriticPolicy, env)`` with an env whose
@@ -557,31 +564,10 @@ if HAS_SB3_CONTRIB:
             **kwargs: Further keyword arguments of ``MaskableActorCriticPolicy``.
 
         Raises:
-            ValueError: If the action space is not ``KHot``.
+            ValueError: If the action space is not ``KHot`` or ``use_sde=True``.
         """
 
         action_dist: MaskableKSubsetDistribution
-
-        def __init__(
-            self,
-            observation_space: spaces.Space[Any],
-            action_space: spaces.Space[Any],
-            lr_schedule: Schedule,
-            *args: Any,
-            sampler: Sampler = "exact",
-            entropy_grad: bool = True,
-            validate_args: bool = True,
-            **kwargs: Any,
-        ) -> None:
-            space = check_k_hot_space(action_space)
-            self.k = space.k
-            self._subset_options = _check_policy_options(sampler, entropy_grad, validate_args)
-            super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
-
-        @property
-        def entropy_grad(self) -> bool:
-            """Whether the entropy carries its gradient."""
-            return bool(self._subset_options["entropy_grad"])
 
         def _build(self, lr_schedule: Schedule) -> None:
             space = check_k_hot_space(self.action_space)
@@ -589,14 +575,6 @@ if HAS_SB3_CONTRIB:
                 space.n, self.k, allowed=space.allowed, **self._subset_options
             )
             super()._build(lr_schedule)
-
-        def _get_action_dist_from_latent(self, latent_pi: Tensor) -> MaskableKSubsetDistribution:
-            return self.action_dist.proba_distribution(action_logits=self.action_net(latent_pi))
-
-        def _get_constructor_parameters(self) -> dict[str, Any]:
-            data = super()._get_constructor_parameters()
-            data.update(self._subset_options)
-            return data
 
 else:  # pragma: no cover - depends on the environment
 
