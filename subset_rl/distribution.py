@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from typing import Literal
 
 import torch
@@ -13,9 +12,18 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
 from .constraints import KHot
-from .poisson_binomial import METHODS, Method, sample_conditional_poisson
-from .poisson_binomial import log_normalizer as _log_normalizer
-from .poisson_binomial import marginals as _marginals
+from .poisson_binomial import (
+    METHODS,
+    Layout,
+    Method,
+    check_k,
+    check_logits,
+    compute_dtype,
+    log_normalizer_2d,
+    make_layout,
+    marginals_2d,
+    sample_2d,
+)
 
 __all__ = ["KSubsetPolicy"]
 
@@ -23,15 +31,6 @@ Sampler = Literal["exact", "gumbel"]
 SAMPLERS: tuple[str, ...] = ("exact", "gumbel")
 #: Largest support :meth:`KSubsetPolicy.enumerate_support` will materialise.
 MAX_ENUMERATE = 1_000_000
-
-
-def _check_k(k: object, n: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise ValueError(f"k must be an int in [0, n={n}], found {k!r} of type {type(k).__name__}")
-    k = int(k)
-    if not 0 <= k <= n:
-        raise ValueError(f"k must be in [0, n={n}], found k={k}")
-    return k
 
 
 class KSubsetPolicy(Distribution):
@@ -58,8 +57,18 @@ class KSubsetPolicy(Distribution):
             logits: fast, but it samples *without replacement sequentially*, a different
             distribution, which biases score-function gradients.
         method: normalizer, ``"auto"`` (fastest exact), ``"tree"`` or ``"dft"``.
-        validate_args: check the arguments and the values given to :meth:`log_prob`. ``None``
-            means yes (unlike torch's default, this does not switch off under ``python -O``).
+        validate_args: check the logits (NaN, ``+inf``, fewer than ``k`` available items) and
+            the values given to :meth:`log_prob`. ``None`` follows torch's default,
+            :meth:`torch.distributions.Distribution.set_default_validate_args` (on unless
+            switched off there); under ``python -O``, where torch's default turns off, ``None``
+            still validates: pass ``False`` to skip the checks (one host sync each).
+
+    Numerics:
+        Any finite logits of any spread (soft masks such as ``-1e8``, clusters thousands apart),
+        any ``0 <= k <= m`` (``m`` available items; rows with ``2k > m`` are computed through
+        the complement :math:`e_k(w) = \prod_i w_i\, e_{m-k}(1/w)`), and float16/bfloat16
+        (computed in float32, returned in the input's dtype). Empty batches and ``n = 0`` give
+        empty results.
 
     Example:
         >>> d = KSubsetPolicy(torch.zeros(5), k=2)
@@ -89,38 +98,24 @@ class KSubsetPolicy(Distribution):
         if not logits.is_floating_point():
             raise TypeError(f"logits must be a floating-point tensor, found dtype {logits.dtype}")
         n = logits.shape[-1]
-        self.k = _check_k(k, n)
+        self.k = check_k(k, n)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, found {sampler!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, found {method!r}")
         self.sampler = sampler
         self.method = method
-        validate = True if validate_args is None else bool(validate_args)
+        if validate_args is None:
+            # torch's default (Distribution._validate_args) is __debug__ unless changed through
+            # set_default_validate_args; under python -O we keep validating.
+            validate = bool(Distribution._validate_args) or not __debug__
+        else:
+            validate = bool(validate_args)
         if validate:
-            self._check_logits(logits, self.k)
+            check_logits(logits, self.k)
         self.logits = logits
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
         self._validate_args = validate
-
-    @staticmethod
-    def _check_logits(logits: Tensor, k: int) -> None:
-        with torch.no_grad():
-            if bool(torch.isnan(logits).any()):
-                count = int(torch.isnan(logits).sum())
-                raise ValueError(
-                    f"logits must not contain NaN, found {count} NaN value(s) in logits of "
-                    f"shape {tuple(logits.shape)}"
-                )
-            if bool((logits == math.inf).any()):
-                raise ValueError("logits must be finite or -inf (masked), found +inf")
-            available = torch.isfinite(logits).sum(-1)
-            if logits.numel() > 0 and bool((available < k).any()):
-                worst = int(available.min())
-                raise ValueError(
-                    f"each row needs at least k={k} available (finite-logit) items, found a row "
-                    f"with {worst}"
-                )
 
     # ------------------------------------------------------------------ torch plumbing
     @constraints.dependent_property(is_discrete=True, event_dim=1)
@@ -138,27 +133,62 @@ class KSubsetPolicy(Distribution):
         new.sampler = self.sampler
         new.method = self.method
         new.logits = self.logits.expand(batch_shape + self.event_shape)
-        if "log_normalizer" in self.__dict__:
-            new.log_normalizer = self.log_normalizer.expand(batch_shape)
-        if "marginals" in self.__dict__:
-            new.marginals = self.marginals.expand(batch_shape + self.event_shape)
+        old_batch = len(self.batch_shape)
+        for name in ("_log_z64", "log_normalizer", "marginals", "_detached"):
+            if name in self.__dict__:
+                value = self.__dict__[name]
+                values = value if isinstance(value, tuple) else (value,)
+                values = tuple(v.expand(batch_shape + v.shape[old_batch:]) for v in values)
+                new.__dict__[name] = values if isinstance(value, tuple) else values[0]
         super(KSubsetPolicy, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
     # ------------------------------------------------------------------ quantities
+    @property
+    def _flat(self) -> Tensor:
+        return self.logits.reshape(-1, self.event_shape[0])
+
+    @lazy_property
+    def _layout(self) -> Layout:
+        """Complement, per-row subset size and centring shift, shared by every computation."""
+        return make_layout(self._flat, self.k)
+
+    @lazy_property
+    def _log_z64(self) -> Tensor:
+        """:math:`\\log e_k` in float64 (large terms summed exactly), with graph if needed."""
+        if self.logits.requires_grad and torch.is_grad_enabled():
+            return log_normalizer_2d(self._flat, self._layout, self.method).reshape(
+                self.batch_shape
+            )
+        return self._detached[0]
+
     @lazy_property
     def log_normalizer(self) -> Tensor:
-        r""":math:`\log e_k(\exp l)`, shape ``batch_shape``."""
-        return _log_normalizer(self.logits, self.k, self.method)
+        r""":math:`\log e_k(\exp l)`, shape ``batch_shape``, in the dtype of the logits."""
+        return self._log_z64.to(self.logits.dtype)
+
+    @lazy_property
+    def _detached(self) -> tuple[Tensor, Tensor]:
+        """``(float64 log normalizer, marginals)`` without gradient, from one pass."""
+        log_z, pi = marginals_2d(self._flat, self._layout, self.method, create_graph=False)
+        return log_z.reshape(self.batch_shape), pi.reshape(self.logits.shape)
 
     @lazy_property
     def marginals(self) -> Tensor:
         r"""Inclusion probabilities :math:`\pi_i = P(z_i = 1)`, shape ``batch_shape + (n,)``.
 
-        Differentiable with respect to the logits (second derivatives of :math:`\log e_k`).
+        Entries in ``[0, 1]``, rows summing to ``k``. Differentiable with respect to the logits
+        (second derivatives of :math:`\log e_k`) when they require grad.
         """
-        return _marginals(self.logits, self.k, self.method)
+        if not (self.logits.requires_grad and torch.is_grad_enabled()):
+            return self._detached[1]
+        log_z = self._log_z64
+        if not log_z.requires_grad or self.logits.numel() == 0:  # cached under no_grad
+            _, pi = marginals_2d(self._flat, self._layout, self.method, create_graph=True)
+            return pi.reshape(self.logits.shape)
+        (pi,) = torch.autograd.grad(log_z.sum(), self.logits, create_graph=True, retain_graph=True)
+        return pi + (pi.clamp(0, 1) - pi).detach()
 
     @property
     def mean(self) -> Tensor:
@@ -167,9 +197,9 @@ class KSubsetPolicy(Distribution):
 
     @property
     def variance(self) -> Tensor:
-        """Per-item variance :math:`\\pi (1 - \\pi)`."""
+        """Per-item variance :math:`\\pi (1 - \\pi)`, never negative."""
         pi = self.marginals
-        return pi * (1 - pi)
+        return (pi * (1 - pi)).clamp_min(0)
 
     @property
     def mode(self) -> Tensor:
@@ -218,9 +248,14 @@ class KSubsetPolicy(Distribution):
         return value.to(self.logits.dtype)
 
     def entropy(self) -> Tensor:
-        r""":math:`H = \log e_k(\exp l) - \sum_i \pi_i l_i` (masked items contribute 0)."""
+        r""":math:`H = \log e_k(\exp l) - \sum_i \pi_i l_i` (masked items contribute 0).
+
+        Summed in float64 (the two terms can be large and nearly equal), clipped at 0 by value.
+        """
         safe = torch.where(torch.isfinite(self.logits), self.logits, torch.zeros_like(self.logits))
-        return self.log_normalizer - (self.marginals * safe).sum(-1)
+        h = self._log_z64 - (self.marginals.double() * safe.double()).sum(-1)
+        h = h + (h.clamp_min(0) - h).detach()
+        return h.to(self.logits.dtype)
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         """All ``C(n, k)`` k-hot vectors, shape ``(C(n, k), *batch_shape, n)`` (or with ones).
@@ -263,21 +298,22 @@ class KSubsetPolicy(Distribution):
         num = sample_shape.numel()
         flat = self.logits.detach().reshape(-1, n)
         if self.sampler == "exact":
-            z = sample_conditional_poisson(flat, self.k, num, generator=generator)
+            z = sample_2d(flat, self._layout, num, generator)
         else:
             z = self._sample_gumbel(flat, num, generator)
         return z.reshape(sample_shape + self.batch_shape + (n,))
 
     def _sample_gumbel(self, flat: Tensor, num: int, generator: torch.Generator | None) -> Tensor:
         with torch.no_grad():
-            # Gumbel(0, 1) = -log(E) with E ~ Exp(1).
-            e = torch.empty((num,) + flat.shape, dtype=flat.dtype, device=flat.device)
-            e.exponential_(generator=generator)
-            gumbel = -torch.log(e.clamp_min(torch.finfo(flat.dtype).tiny))
-            scores = flat + gumbel
-            out = torch.zeros_like(scores)
-            if self.k == 0:
+            dt = compute_dtype(flat.dtype)
+            out = torch.zeros((num,) + flat.shape, dtype=flat.dtype, device=flat.device)
+            if self.k == 0 or out.numel() == 0:
                 return out
+            # Gumbel(0, 1) = -log(-log U): two logs of a uniform, cheaper than exponential_().
+            finfo = torch.finfo(dt)
+            u = torch.rand(out.shape, dtype=dt, device=flat.device, generator=generator)
+            u = u.clamp(finfo.tiny, 1 - finfo.eps / 2)
+            scores = flat.to(dt) - torch.log(-torch.log(u))
             return out.scatter_(-1, scores.topk(self.k, dim=-1).indices, 1.0)
 
     def __repr__(self) -> str:

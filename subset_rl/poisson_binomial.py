@@ -59,7 +59,8 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Literal
+import numbers
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -67,7 +68,10 @@ from torch import Tensor
 __all__ = [
     "METHODS",
     "Method",
+    "SAMPLE_METHODS",
     "centering_shift",
+    "check_k",
+    "check_logits",
     "log_normalizer",
     "marginals",
     "poisson_binomial_pmf_tree",
@@ -76,53 +80,209 @@ __all__ = [
 
 Method = Literal["auto", "tree", "dft"]
 METHODS: tuple[str, ...] = ("auto", "tree", "dft")
+SAMPLE_METHODS: tuple[str, ...] = ("auto", "tree", "rejective")
 
 # Polynomials shorter than this are multiplied directly (exact, non-negative); longer ones by FFT.
 _DIRECT_MAX_LEN = 9
-# Newton iterations for the centring shift (the shift needs to be good, not exact).
-_SHIFT_ITERS = 12
+# Safeguarded Newton steps for the centring shift: at most this many (each halves the bracket
+# at worst, so even a bracket spanning the whole float64 range closes), stopping as soon as
+# every row is centred. On the CPU convergence is checked after every step; elsewhere every
+# ``_SHIFT_CHECK_EVERY`` steps (one host sync each; a typical call needs one).
+_SHIFT_MAX_ITERS = 2100
+_SHIFT_CHECK_EVERY = 6
 
 
 # --------------------------------------------------------------------------------------------
-# The centring shift
+# Argument checks (shared with KSubsetPolicy)
 # --------------------------------------------------------------------------------------------
+def check_k(k: object, n: int) -> int:
+    """``k`` as an int in ``[0, n]``, or a ``ValueError`` naming what was found."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"k must be an int in [0, n={n}], found {k!r} of type {type(k).__name__}")
+    k = int(k)
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, n={n}], found k={k}")
+    return k
+
+
+def _check_tensor(logits: object) -> Tensor:
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, found {type(logits).__name__}")
+    if logits.dim() < 1:
+        raise ValueError("logits must have at least 1 dimension (..., n), found shape ()")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, found dtype {logits.dtype}")
+    return logits
+
+
+def check_logits(logits: Tensor, k: int) -> None:
+    """Raise ``ValueError`` for NaN, ``+inf``, or a row with fewer than ``k`` finite logits."""
+    if logits.numel() == 0:
+        return
+    with torch.no_grad():
+        nan = torch.isnan(logits)
+        pos_inf = logits == math.inf
+        available = torch.isfinite(logits).sum(-1)
+        bad = torch.stack([nan.sum(), pos_inf.sum(), (available < k).sum()]).tolist()
+    if bad[0]:
+        raise ValueError(
+            f"logits must not contain NaN, found {bad[0]} NaN value(s) in logits of shape "
+            f"{tuple(logits.shape)}"
+        )
+    if bad[1]:
+        raise ValueError("logits must be finite or -inf (masked), found +inf")
+    if bad[2]:
+        worst = int(available.min())
+        raise ValueError(
+            f"each row needs at least k={k} available (finite-logit) items, found a row with "
+            f"{worst}"
+        )
+
+
+def _check_method(method: object, allowed: tuple[str, ...] = METHODS) -> None:
+    if method not in allowed:
+        raise ValueError(f"method must be one of {allowed}, found {method!r}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16 and bfloat16 are computed in float32 (and returned in their own dtype)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+# --------------------------------------------------------------------------------------------
+# Layout: complement, per-row subset size and centring shift (all detached, computed once)
+# --------------------------------------------------------------------------------------------
+class Layout(NamedTuple):
+    r"""What every exact computation of one ``(B, n)`` problem shares (no gradient).
+
+    Attributes:
+        finite: ``(B, n)`` available items.
+        flip: ``(B,)`` rows computed through the complement, those with ``2k > m``
+            (:math:`m` available items): :math:`e_k(w) = \prod_{i \le m} w_i\,e_{m-k}(1/w)`,
+            so that these rows choose the ``m - k`` items left out, with negated logits.
+        kk: ``(B,)`` int64 subset size of the (possibly complemented) row, ``kk <= m / 2``.
+        K: a Python int with ``kk <= K`` for every row: ``min(k, n - k)``.
+        shift: ``(B, 1)`` centring shift of the (possibly negated) logits, compute dtype.
+        feasible: ``(B,)`` rows with at least ``k`` available items.
+    """
+
+    finite: Tensor
+    flip: Tensor
+    kk: Tensor
+    K: int
+    shift: Tensor
+    feasible: Tensor
+
+
+def _oriented(logits: Tensor, layout: Layout) -> Tensor:
+    """Logits in compute dtype, negated on complemented rows (``-inf`` stays ``-inf``)."""
+    x = logits.to(compute_dtype(logits.dtype))
+    neg = layout.finite & layout.flip.unsqueeze(-1)
+    return torch.where(neg, -x, x)
+
+
+def make_layout(logits: Tensor, k: int) -> Layout:
+    """The :class:`Layout` of ``(B, n)`` logits for subset size ``k``."""
+    x = logits.detach().to(compute_dtype(logits.dtype))
+    B, n = x.shape
+    finite = torch.isfinite(x)
+    m = finite.sum(-1)
+    flip = 2 * k > m
+    kk = torch.where(flip, m - k, torch.full_like(m, k))
+    feasible = kk >= 0
+    kk = kk.clamp_min(0)
+    K = min(k, n - k)
+    x = torch.where(finite & flip.unsqueeze(-1), -x, x)
+    shift = _centering_shift(x, kk, finite)
+    return Layout(finite, flip, kk, K, shift, feasible)
+
+
+def _centering_shift(x: Tensor, kk: Tensor, finite: Tensor) -> Tensor:
+    r"""Detached ``c`` per row with :math:`S(c) = \sum_i \sigma(x_i + c) \approx k` (``kk``).
+
+    A bracket from order statistics (:math:`s_1 \ge s_2 \ge \dots` the sorted finite logits,
+    :math:`m` of them, :math:`k \le m/2`):
+
+    * :math:`c_{hi} = -s_{2k}`: the top :math:`2k` items have :math:`\sigma \ge 1/2`, so
+      :math:`S \ge k`;
+    * :math:`c_{lo} = -s_k - \log(m - k)`: the top :math:`k - 1` items give less than
+      :math:`k - 1` and the other :math:`m - k + 1` at most :math:`1/(m - k + 1)` each.
+
+    Its width is :math:`s_k - s_{2k} + \log m`, not the spread of all logits, so soft masks
+    (``-1e8``) or far-apart clusters outside the ranks ``k..2k`` cost nothing. Newton steps on
+    :math:`g(c) = \log S(c) - \log k` (exact in the exponential tail where :math:`S` is a sum
+    of :math:`e^{x_i + c}`), started at the midpoint :math:`-(s_k + s_{k+1})/2` of the gap between
+    chosen and unchosen ranks, fall back to bisection whenever they leave the bracket, so the
+    iteration always converges. It stops when :math:`|S - k| \le 0.2 \max(1, \sqrt{v})`
+    (:math:`v = \sum_i \sigma(1 - \sigma)`, the Poisson-binomial variance), which keeps ``k``
+    within a fifth of a standard deviation of the mean. Rows with ``k = 0`` get
+    :math:`c = -s_1` (unused).
+    """
+    B, n = x.shape
+    dt = x.dtype
+    if n == 0 or B == 0:
+        return torch.zeros(B, 1, dtype=dt, device=x.device)
+    s = torch.sort(x, dim=-1, descending=True).values  # -inf (masked) last
+    m = finite.sum(-1, keepdim=True)
+    k1 = kk.unsqueeze(-1)
+    idx_a = (k1 - 1).clamp(0, n - 1)
+    a = s.gather(-1, idx_a)  # s_k
+    b = s.gather(-1, k1.clamp(max=n - 1))  # s_{k+1}
+    s2 = s.gather(-1, (2 * k1 - 1).clamp(0, n - 1))  # s_{2k}
+    kf = k1.to(dt)
+    lo = -a - torch.log((m - k1).clamp_min(1).to(dt))
+    hi = -s2
+    c = -0.5 * (a + b)
+    # A midpoint between two finite values that overflows (e.g. +-3e38 in float32): halve first.
+    c = torch.where(torch.isfinite(c), c, -(0.5 * a + 0.5 * b))
+    active = (k1 > 0) & torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(c)
+    c = torch.where(active, c, torch.where(torch.isfinite(s[:, :1]), -s[:, :1], 0.0))
+    lo = torch.where(active, lo, c)
+    hi = torch.where(active, hi, c)
+    kf = torch.where(active, kf, 1.0)
+    on_cpu = x.device.type == "cpu"
+    eps = torch.finfo(dt).eps
+    for it in range(_SHIFT_MAX_ITERS):
+        t = torch.sigmoid(x + c)
+        S = t.sum(-1, keepdim=True)
+        v = (t * torch.sigmoid(-(x + c))).sum(-1, keepdim=True)
+        f = S - kf
+        if on_cpu or (it % _SHIFT_CHECK_EVERY == 0 and it > 0):
+            closed = (hi - lo) <= 4 * eps * torch.maximum(lo.abs(), hi.abs())
+            done = (f.abs() <= 0.2 * v.sqrt().clamp_min(1.0)) | ~active | closed
+            if bool(done.all()):
+                break
+        lo = torch.where(f <= 0, c, lo)
+        hi = torch.where(f >= 0, c, hi)
+        newton = c - (torch.log(S) - torch.log(kf)) * S / v
+        inside = (newton >= lo) & (newton <= hi)  # False for NaN/inf steps
+        mid = 0.5 * lo + 0.5 * hi
+        c = torch.where(inside, newton, mid)
+    return c
+
+
 def centering_shift(logits: Tensor, k: int) -> Tensor:
     r"""A detached constant per row with :math:`\sum_i \sigma(l_i + c) \approx k`.
 
-    Safeguarded Newton on the increasing function :math:`f(c) = \sum_i \sigma(l_i + c) - k`,
-    bracketed by :math:`c_{lo} = \operatorname{logit}(k/n) - \max_i l_i` (where :math:`f \le 0`)
-    and :math:`c_{hi} = \operatorname{logit}(k/m) - \min_{i: l_i > -\infty} l_i` (where
-    :math:`f \ge 0`; :math:`m` is the number of finite logits). Any :math:`c` gives the same
-    distribution; a centred one keeps :math:`\mathrm{PB}_k` at the mode of the Poisson-binomial.
+    See :func:`_centering_shift` for the bracket and the iteration. Any ``c`` gives the same
+    distribution; a centred one puts ``k`` at the mode of the Poisson-binomial.
 
     Args:
-        logits: ``(B, n)`` logits, ``-inf`` for masked items; at least ``k`` finite per row and
-            ``0 < k < m``.
-        k: subset size.
+        logits: ``(B, n)`` logits, ``-inf`` for masked items.
+        k: subset size, ``0 <= k <= n``.
 
     Returns:
-        ``(B, 1)`` shift, detached, in the dtype of ``logits``.
+        ``(B, 1)`` shift, detached, in the compute dtype of ``logits``.
     """
-    x = logits.detach()
+    x = logits.detach().to(compute_dtype(logits.dtype))
     finite = torch.isfinite(x)
-    n = x.shape[-1]
-    m = finite.sum(-1, keepdim=True).to(x.dtype)
-    lmax = x.masked_fill(~finite, -math.inf).amax(-1, keepdim=True)
-    lmin = x.masked_fill(~finite, math.inf).amin(-1, keepdim=True)
-    lo = math.log(k / (n - k)) - lmax if k < n else -lmax
-    hi = torch.log(k / (m - k).clamp_min(0.5)) - lmin
-    lo = torch.as_tensor(lo, dtype=x.dtype, device=x.device).expand_as(hi).clone()
-    c = 0.5 * (lo + hi)
-    for _ in range(_SHIFT_ITERS):
-        s = torch.sigmoid(x + c)
-        f = s.sum(-1, keepdim=True) - k
-        fp = (s * (1 - s)).sum(-1, keepdim=True)
-        lo = torch.where(f <= 0, c, lo)
-        hi = torch.where(f >= 0, c, hi)
-        newton = c - f / fp.clamp_min(torch.finfo(x.dtype).tiny)
-        inside = (newton > lo) & (newton < hi)
-        c = torch.where(inside, newton, 0.5 * (lo + hi))
-    return c
+    kk = torch.full(x.shape[:-1], k, dtype=torch.int64, device=x.device)
+    # Centring is defined for k <= m / 2 through the bracket; larger k by the mirror image.
+    m = finite.sum(-1)
+    flip = 2 * kk > m
+    xo = torch.where(finite & flip.unsqueeze(-1), -x, x)
+    c = _centering_shift(xo, torch.where(flip, (m - kk).clamp_min(0), kk), finite)
+    return torch.where(flip.unsqueeze(-1), -c, c)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +312,7 @@ def _polymul_fft(a: Tensor, b: Tensor, length: int) -> Tensor:
 
 
 def poisson_binomial_pmf_tree(
-    shifted: Tensor, k: int, *, clean: bool = False
+    shifted: Tensor, k: int, *, clean: bool = False, log_pos: Tensor | None = None
 ) -> tuple[list[Tensor], Tensor, list[tuple[Tensor, Tensor]]]:
     r"""All node polynomials of a balanced product tree of Bernoulli factors, truncated at ``k``.
 
@@ -169,26 +329,32 @@ def poisson_binomial_pmf_tree(
 
     Args:
         shifted: ``(B, n)`` shifted logits (``-inf`` for masked items, no ``+inf``).
-        k: truncation degree (the count of interest).
+        k: truncation degree (the largest count of interest).
         clean: clamp FFT round-off below zero to zero (for sampling tables; breaks gradients).
+        log_pos: optional ``(B, n)`` float64 :math:`x_i^+` computed more exactly than from
+            ``shifted`` (the unrounded ``l_i + c``); the log-scales then carry it.
 
     Returns:
         ``(levels, log_scale, bounds)``: ``levels[j]`` has shape
         ``(B, N / 2^j, min(2^j, k) + 1)``; ``log_scale`` is the root's ``(B,)`` float64
-        log-scale, so that :math:`\log e_k(e^{x}) = \log` ``levels[-1][:, 0, k]`` ``+ log_scale``;
-        ``bounds[j] = (lo, hi)`` are integer tensors ``(B, N / 2^j)`` of feasible counts.
+        log-scale, so that :math:`\log e_j(e^{x}) = \log` ``levels[-1][:, 0, j]`` ``+ log_scale``
+        for ``j <= k``; ``bounds[j] = (lo, hi)`` are integer tensors ``(B, N / 2^j)`` of feasible
+        counts.
     """
     B, n = shifted.shape
     N = 1 << max(0, (n - 1).bit_length())
+    pos = shifted.detach().clamp_min(0)
+    scale = pos.double() if log_pos is None else log_pos
     if N > n:
         shifted = torch.nn.functional.pad(shifted, (0, N - n), value=-math.inf)
-    pos = shifted.detach().clamp_min(0)
+        pos = torch.nn.functional.pad(pos, (0, N - n))
+        scale = torch.nn.functional.pad(scale, (0, N - n))
     x = torch.stack([torch.exp(-pos), torch.exp(shifted - pos)], dim=-1)  # (B, N, 2)
-    scale = pos.double()
     hi = (x[..., 1] > 0).to(torch.int64)
     lo = (x[..., 0] == 0).to(torch.int64)
     levels = [x]
     bounds = [(lo, hi)]
+    tiny = torch.finfo(x.dtype).tiny
     while x.shape[1] > 1:
         a, b = x[:, 0::2], x[:, 1::2]
         L = a.shape[-1]
@@ -205,18 +371,12 @@ def poisson_binomial_pmf_tree(
             x = x * support
             if clean:
                 x = x.clamp_min(0)
-        top = x.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        top = x.detach().amax(-1, keepdim=True).clamp_min(tiny)
         x = x / top
         scale = scale + top.squeeze(-1).double().log()
         levels.append(x)
         bounds.append((lo, hi))
     return levels, scale[:, 0], bounds
-
-
-def _log_esp_tree(shifted: Tensor, k: int) -> Tensor:
-    """``log e_k(exp(shifted))`` by the product tree."""
-    levels, log_scale, _ = poisson_binomial_pmf_tree(shifted, k)
-    return torch.log(levels[-1][:, 0, k]) + log_scale.to(shifted.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +390,8 @@ def _frequency_count(n: int, v: float, off: float, dtype: torch.dtype) -> int:
     (within one) the mode, so ``PB_k`` is at least about ``1 / (n + 1)``; a bound below
     ``delta / (n + 1)``, ``delta = eps / 1000``, is a relative error well below ``eps``.
     """
+    if not (math.isfinite(v) and math.isfinite(off)):
+        return n + 1
     delta = torch.finfo(dtype).eps * 1e-3
     big_l = math.log(2 * (n + 1) / delta)
     t = big_l / 3 + math.sqrt(big_l**2 / 9 + 2 * v * big_l)
@@ -239,17 +401,30 @@ def _frequency_count(n: int, v: float, off: float, dtype: torch.dtype) -> int:
     return M | 1  # odd: omega = pi never occurs
 
 
-def _dft_num_frequencies(theta: Tensor, k: int) -> int:
-    """:func:`_frequency_count` for the variance and centring of these ``theta`` rows."""
-    with torch.no_grad():
-        t64 = theta.double()
-        v = float((t64 * (1 - t64)).sum(-1).max())
-        off = float((t64.sum(-1) - k).abs().max())
-    return _frequency_count(theta.shape[-1], v, off, theta.dtype)
+def _log_pb_dft(
+    theta: Tensor,
+    k: int | Tensor,
+    num_frequencies: int | None = None,
+    theta_bar: Tensor | None = None,
+) -> Tensor:
+    r""":math:`\log \mathrm{PB}_k(\theta)` by the DFT over ``M`` frequencies, real arithmetic.
 
-
-def _log_pb_dft(theta: Tensor, k: int, num_frequencies: int | None = None) -> Tensor:
-    M = num_frequencies if num_frequencies is not None else _dft_num_frequencies(theta, k)
+    Args:
+        theta: ``(B, n)`` success probabilities.
+        k: the count, an int or a ``(B,)`` integer tensor (one per row).
+        num_frequencies: ``M``; by default the smallest that aliases below working precision.
+        theta_bar: ``1 - theta`` computed without rounding (``sigmoid(-x)``), if available.
+    """
+    tb = 1 - theta if theta_bar is None else theta_bar
+    kt = torch.as_tensor(k, device=theta.device).to(theta.dtype)
+    kt = kt.unsqueeze(-1) if kt.dim() == 1 else kt
+    if num_frequencies is None:
+        with torch.no_grad():
+            v_off = torch.stack(
+                [(theta * tb).sum(-1).amax(), (theta.sum(-1) - kt.squeeze(-1)).abs().amax()]
+            ).tolist()
+        num_frequencies = _frequency_count(theta.shape[-1], v_off[0], v_off[1], theta.dtype)
+    M = num_frequencies
     half = (M - 1) // 2  # frequencies 1..half; conjugates M-half..M-1 give the same real part
     j = torch.arange(1, half + 1, dtype=torch.float64, device=theta.device)
     omega64 = 2 * math.pi * j / M
@@ -257,14 +432,15 @@ def _log_pb_dft(theta: Tensor, k: int, num_frequencies: int | None = None) -> Te
     cos_w = torch.cos(omega64).to(theta.dtype).unsqueeze(-1)
     sin_w = torch.sin(omega64).to(theta.dtype).unsqueeze(-1)
     th = theta.unsqueeze(-2)  # (B, 1, n)
+    thb = tb.unsqueeze(-2)
     # |1 - th + th e^{iw}|^2 = 1 - 2 th (1 - th)(1 - cos w); phase centred by subtracting th * w.
-    log_mod = 0.5 * torch.log1p(-2 * th * (1 - th) * (1 - cos_w)).sum(-1)  # (B, F)
-    phase = (torch.atan2(th * sin_w, 1 - th + th * cos_w) - th * omega).sum(-1)
-    # Reduce (l * (sum theta - k)) exactly enough: frequencies times the small residual.
-    resid = (theta.sum(-1, keepdim=True) - k) * omega.squeeze(-1)
+    log_mod = 0.5 * torch.log1p(-2 * (th * thb) * (1 - cos_w)).sum(-1)  # (B, F)
+    phase = (torch.atan2(th * sin_w, thb + th * cos_w) - th * omega).sum(-1)
+    resid = (theta.sum(-1, keepdim=True) - kt) * omega.squeeze(-1)
     total = torch.exp(log_mod) * torch.cos(phase + resid)
     if M % 2 == 0:  # the Nyquist frequency omega = pi appears once: prod(1 - 2 theta) (-1)^k
-        extra = torch.prod(1 - 2 * theta, dim=-1) * (-1.0) ** k
+        sign = 1 - 2 * torch.remainder(kt.squeeze(-1), 2)
+        extra = torch.prod(tb - theta, dim=-1) * sign
     else:
         extra = 0.0
     pb = (1 + 2 * total.sum(-1) + extra) / M
@@ -272,13 +448,8 @@ def _log_pb_dft(theta: Tensor, k: int, num_frequencies: int | None = None) -> Te
 
 
 # --------------------------------------------------------------------------------------------
-# Public functional API
+# The normalizer
 # --------------------------------------------------------------------------------------------
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, found {method!r}")
-
-
 #: ``auto`` uses the DFT while ``rows * n * M / 2`` (its number of complex factors) stays below
 #: this; measured on a 2-core CPU, where the tree's ``log2 n`` levels of small ops cost more than
 #: the DFT's few large ones below about this size (see benchmarks/README.md).
@@ -286,38 +457,106 @@ _DFT_AUTO_MAX_WORK = 250_000
 
 
 def _auto_method(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> str:
-    """The faster exact method, decided without looking at the data (no device sync).
+    """The faster exact method, decided without looking at the data.
 
     On CPU, the DFT below a work bound (its frequency count bounded with the largest variance a
-    centred Poisson-binomial with mean ``k`` can have, ``k (1 - k / n)``), the tree above. Off
-    the CPU always the tree: it never synchronises with the host, while the DFT reads its
-    frequency count back.
+    centred Poisson-binomial of ``k <= n / 2`` successes can have, ``k (1 - k / n)``), the tree
+    above. Off the CPU always the tree: it never synchronises with the host, while the DFT reads
+    its frequency count back.
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or n == 0:
         return "tree"
     M = _frequency_count(n, k * (1 - k / n), 1.0, dtype)
     return "dft" if rows * n * (M // 2) <= _DFT_AUTO_MAX_WORK else "tree"
 
 
-def _log_normalizer_2d(logits: Tensor, k: int, method: str) -> Tensor:
-    """``log e_k(exp(logits))`` for ``(B, n)`` logits with at least ``k`` finite per row."""
-    finite = torch.isfinite(logits)
+def log_normalizer_2d(logits: Tensor, layout: Layout, method: str) -> Tensor:
+    r"""``log e_k(exp(logits))`` for ``(B, n)`` logits, as a float64 ``(B,)`` tensor.
+
+    Large terms are summed in float64: :math:`\log e_k = [\sum_{flip} l] + \log
+    \mathrm{coef} + \sum_i x_i^+ - k c` (tree) or :math:`\log \mathrm{PB}_k + \sum_i
+    \operatorname{softplus}(x_i) - k c` (DFT), so a shift or logits in the thousands cost no
+    float32 digits. Differentiable; infeasible rows give ``-inf``.
+    """
+    B, n = logits.shape
+    finite, flip, kk, K, c, feasible = layout
+    x = _oriented(logits, layout)
+    flip_col = flip.unsqueeze(-1)
     safe = torch.where(finite, logits, torch.zeros_like(logits))
-    if k == 0:  # one subset, the empty one
-        return safe.sum(-1) * 0
-    # Rows with exactly k available items (one subset) need no special case, and checking for
-    # them would cost a device sync: the shift pushes their odds up and the tree (or the DFT,
-    # log PB_k + sum softplus - k c = sum_i log sigmoid + softplus) gives the sum of logits.
-    c = centering_shift(logits, k)
-    shifted = logits + c
-    if method == "auto":
-        method = _auto_method(logits.shape[0], logits.shape[-1], k, logits.dtype, logits.device)
-    if method == "tree":
-        log_esp = _log_esp_tree(shifted, k)
+    # The complement's prod(w) enters only through its gradient here (an indicator); its value
+    # is folded into exact per-item terms below, so no huge sums ever cancel.
+    offset = torch.where(flip_col, safe, torch.zeros_like(safe)).double().sum(-1)
+    offset = offset - offset.detach()
+    if K == 0 or B == 0:
+        l64 = safe.detach().double()
+        value = torch.where(flip, torch.where(finite, l64, 0.0).sum(-1), 0.0)
     else:
-        sp = torch.nn.functional.softplus(shifted)
-        log_esp = _log_pb_dft(torch.sigmoid(shifted), k) + sp.sum(-1)
-    return log_esp - k * c.squeeze(-1)
+        if method == "auto":
+            method = _auto_method(B, n, K, x.dtype, x.device)
+        xs = x + c
+        c64 = c.double()
+        # The leaves' log-scales max(xs, 0) together with the complement's prod(w), summed
+        # without ever adding c to a logit (which would round the logit away when |c| is
+        # large): with P = {xs > 0}, plain rows give sum_P (l + c) and complemented rows
+        # sum_{not P} l + |P| c (there l + max(c - l, 0) = c on P). Both are
+        # sum_L l + (|P| - kk) c, and the count difference is 0 for a centred shift.
+        l64 = safe.detach().double()
+        pos = (xs.detach() > 0) & finite
+        take_l = torch.where(flip_col, finite & ~pos, pos)
+        base = torch.where(take_l, l64, torch.zeros_like(l64)).sum(-1)
+        base = base + (pos.sum(-1) - kk).double() * c64.squeeze(-1)
+        if method == "tree":
+            # Leaves carry their own log-scale max(xs, 0) in ``base``; the tree accumulates only
+            # its node normalisations (so no huge log-scales are added and subtracted again).
+            zeros = torch.zeros_like(l64)
+            levels, log_scale, _ = poisson_binomial_pmf_tree(xs, K, log_pos=zeros)
+            coef = levels[-1][:, 0, :].gather(-1, kk.unsqueeze(-1)).squeeze(-1)
+            coef = torch.where(feasible, coef, torch.ones_like(coef))
+            body = torch.log(coef).double() + log_scale + base
+        else:
+            theta, theta_bar = torch.sigmoid(xs), torch.sigmoid(-xs)
+            log_pb = _log_pb_dft(theta, kk, theta_bar=theta_bar)
+            # softplus(xs) = max(xs, 0) + log1p(exp(-|xs|)): the first part exact in base.
+            small = torch.log1p(torch.exp(-xs.detach().abs()))
+            small = torch.where(finite, small, torch.zeros_like(small))
+            sp = torch.nn.functional.softplus(xs)
+            sp = torch.where(finite, sp, torch.zeros_like(sp)).sum(-1)
+            exact = small.double().sum(-1) + base
+            body = log_pb.double() + exact + (sp - sp.detach()).double()
+        all_l = torch.where(flip, torch.where(finite, l64, 0.0).sum(-1), 0.0)
+        # Rows choosing nothing (k = 0, or k = m through the complement) have one subset.
+        value = torch.where(kk > 0, body, all_l)
+    out = value + offset
+    return torch.where(feasible, out, torch.full_like(out, -math.inf))
+
+
+def marginals_2d(
+    logits: Tensor, layout: Layout, method: str, create_graph: bool
+) -> tuple[Tensor, Tensor]:
+    """``(log_z, pi)`` for ``(B, n)`` logits: the gradient of :func:`log_normalizer_2d`.
+
+    ``create_graph`` keeps ``pi`` differentiable (second derivatives of ``log e_k``); otherwise
+    both results are detached. ``pi`` is clipped to ``[0, 1]`` by value only (the gradient
+    passes unchanged), in the dtype of ``logits``.
+    """
+    with torch.enable_grad():
+        leaf = logits if create_graph else logits.detach().requires_grad_(True)
+        log_z = log_normalizer_2d(leaf, layout, method)
+        if leaf.numel() == 0:
+            pi = torch.zeros_like(leaf)
+        else:
+            (pi,) = torch.autograd.grad(log_z.sum(), leaf, create_graph=create_graph)
+    pi = pi + (pi.clamp(0, 1) - pi).detach()
+    if not create_graph:
+        log_z, pi = log_z.detach(), pi.detach()
+    return log_z, pi
+
+
+def _flatten(logits: Tensor, k: object, method: object, methods: tuple[str, ...]) -> Tensor:
+    logits = _check_tensor(logits)
+    check_k(k, logits.shape[-1])
+    _check_method(method, methods)
+    return logits.reshape(-1, logits.shape[-1])
 
 
 def log_normalizer(logits: Tensor, k: int, method: Method = "auto") -> Tensor:
@@ -329,12 +568,19 @@ def log_normalizer(logits: Tensor, k: int, method: Method = "auto") -> Tensor:
         method: ``"tree"``, ``"dft"`` or ``"auto"`` (the fastest exact method).
 
     Returns:
-        ``(...,)`` tensor, differentiable; its gradient is the vector of marginals.
+        ``(...,)`` tensor in the dtype of ``logits``, differentiable; its gradient is the
+        vector of marginals.
+
+    Raises:
+        TypeError: ``logits`` not a floating-point tensor, or ``k`` not an int.
+        ValueError: ``k`` outside ``[0, n]``, NaN or ``+inf`` logits, a row with fewer than
+            ``k`` finite logits, or an unknown method.
     """
-    _check_method(method)
-    shape = logits.shape
-    out = _log_normalizer_2d(logits.reshape(-1, shape[-1]), k, method)
-    return out.reshape(shape[:-1])
+    flat = _flatten(logits, k, method, METHODS)
+    check_logits(flat, int(k))
+    layout = make_layout(flat, int(k))
+    out = log_normalizer_2d(flat, layout, method)
+    return out.to(logits.dtype).reshape(logits.shape[:-1])
 
 
 def marginals(logits: Tensor, k: int, method: Method = "auto") -> Tensor:
@@ -349,15 +595,18 @@ def marginals(logits: Tensor, k: int, method: Method = "auto") -> Tensor:
         method: normalizer method, see :func:`log_normalizer`.
 
     Returns:
-        ``(..., n)`` tensor with rows summing to ``k``; masked items get exactly 0.
+        ``(..., n)`` tensor with rows summing to ``k``, entries in ``[0, 1]``; masked items get
+        exactly 0.
+
+    Raises:
+        The same errors as :func:`log_normalizer`.
     """
-    _check_method(method)
+    flat = _flatten(logits, k, method, METHODS)
+    check_logits(flat, int(k))
+    layout = make_layout(flat, int(k))
     create_graph = logits.requires_grad and torch.is_grad_enabled()
-    with torch.enable_grad():
-        leaf = logits if create_graph else logits.detach().requires_grad_(True)
-        log_z = log_normalizer(leaf, k, method)
-        (pi,) = torch.autograd.grad(log_z.sum(), leaf, create_graph=create_graph)
-    return pi
+    _, pi = marginals_2d(flat, layout, method, create_graph)
+    return pi.reshape(logits.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,16 +614,15 @@ def marginals(logits: Tensor, k: int, method: Method = "auto") -> Tensor:
 # --------------------------------------------------------------------------------------------
 #: ``sampler="auto"`` draws by rejection while ``trials * samples * rows * n`` stays below this.
 _REJECTIVE_MAX_WORK = 1_000_000
-SAMPLE_METHODS: tuple[str, ...] = ("auto", "tree", "rejective")
 
 
 def _rejective_trials(n: int, k: int) -> int:
     """Proposals per sample for rejective sampling: about 8 / P(sum = k), so a miss is rare.
 
     After the shift, ``P(sum = k)`` is the Poisson-binomial pmf at its mode, roughly
-    ``1 / sqrt(2 pi v)``, and ``v <= k (1 - k / n)`` whatever the logits.
+    ``1 / sqrt(2 pi v)``, and ``v <= k (1 - k / n)`` for every row (``k <= n / 2``).
     """
-    v = k * (1 - k / n)
+    v = k * (1 - k / n) if n else 0.0
     return int(math.ceil(8 * (1 + math.sqrt(2 * math.pi * v))))
 
 
@@ -389,7 +637,9 @@ def sample_conditional_poisson(
 
     Two exact samplers, both drawing independent Bernoulli(:math:`\theta`) variables
     (:math:`\theta = \sigma(l + c)` with the centring shift) conditioned on their sum being
-    ``k``, which is the CP distribution for any shift:
+    ``k``, which is the CP distribution for any shift. Rows with ``2k > m`` (``m`` available
+    items) draw the ``m - k`` items left out instead, with negated logits (the complement of
+    a CP sample is a CP sample of the negated logits).
 
     * ``"tree"`` splits counts down the tree of node pmfs of
       :func:`poisson_binomial_pmf_tree` (shared by all samples of a row): a node holding ``m``
@@ -405,7 +655,7 @@ def sample_conditional_poisson(
       exact either way. Few, large operations: the fast choice for few samples of few rows.
 
     ``"auto"`` uses rejection on CPU while ``T * num_samples * rows * n`` is small, the tree
-    otherwise (the tree never synchronises with the host, so it is the choice on GPUs).
+    otherwise.
 
     Args:
         logits: ``(B, n)`` logits (``-inf`` = never chosen), at least ``k`` finite per row.
@@ -416,37 +666,74 @@ def sample_conditional_poisson(
 
     Returns:
         ``(num_samples, B, n)`` tensor of 0/1 in the dtype of ``logits``, exactly ``k`` ones.
+
+    Raises:
+        The errors of :func:`log_normalizer`, and ``ValueError`` for a negative
+        ``num_samples`` or logits that are not 2-D.
     """
-    if method not in SAMPLE_METHODS:
-        raise ValueError(f"method must be one of {SAMPLE_METHODS}, found {method!r}")
+    logits = _check_tensor(logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (B, n), found shape {tuple(logits.shape)}")
+    check_k(k, logits.shape[-1])
+    _check_method(method, SAMPLE_METHODS)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+        raise TypeError(f"num_samples must be an int, found {type(num_samples).__name__}")
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, found {num_samples}")
+    check_logits(logits, int(k))
+    layout = make_layout(logits, int(k))
+    return sample_2d(logits, layout, int(num_samples), generator, method)
+
+
+def sample_2d(
+    logits: Tensor,
+    layout: Layout,
+    num_samples: int,
+    generator: torch.Generator | None,
+    method: str = "auto",
+) -> Tensor:
+    """Exact samples ``(S, B, n)`` of ``(B, n)`` logits with a precomputed :class:`Layout`.
+
+    Rows whose logits hold NaN (only possible without validation) come back as NaN rows, so
+    the failure surfaces downstream instead of as a plausible subset.
+    """
     B, n = logits.shape
-    dev, dt = logits.device, logits.dtype
+    out_dtype = logits.dtype
     S = num_samples
-    if k == 0 or S == 0:
-        return torch.zeros(S, B, n, dtype=dt, device=dev)
+    dev = logits.device
     with torch.no_grad():
-        logits = logits.detach()
-        shifted = logits + centering_shift(logits, k)
-        trials = _rejective_trials(n, k)
-        # Rejection reads back whether every sample was accepted (a sync): CPU only in "auto".
-        if method == "rejective" or (
-            method == "auto" and dev.type == "cpu" and trials * S * B * n <= _REJECTIVE_MAX_WORK
-        ):
-            z = _sample_rejective(shifted, k, S, trials, generator)
-            if z is not None:
-                return z
-        return _sample_tree(shifted, k, S, generator)
+        x = _oriented(logits.detach(), layout)
+        if layout.K == 0 or S == 0 or B == 0:
+            z = torch.zeros(S, B, n, dtype=x.dtype, device=dev)
+        else:
+            shifted = x + layout.shift
+            trials = _rejective_trials(n, layout.K)
+            z = None
+            if method == "rejective" or (
+                method == "auto"
+                and dev.type == "cpu"
+                and trials * S * B * n <= _REJECTIVE_MAX_WORK
+            ):
+                z = _sample_rejective(shifted, layout.kk, S, trials, generator)
+            if z is None:
+                z = _sample_tree(shifted, layout.kk, layout.K, S, generator)
+        # Complemented rows drew the items left out.
+        fin = layout.finite.to(z.dtype)
+        z = torch.where(layout.flip.view(1, B, 1), fin - z, z)
+        bad = torch.isnan(logits).any(-1) | ~layout.feasible
+        z = torch.where(bad.view(1, B, 1), torch.full_like(z, math.nan), z)
+        return z.to(out_dtype)
 
 
 def _sample_rejective(
-    shifted: Tensor, k: int, S: int, trials: int, generator: torch.Generator | None
+    shifted: Tensor, kk: Tensor, S: int, trials: int, generator: torch.Generator | None
 ) -> Tensor | None:
-    """First proposal with sum ``k`` out of ``trials`` per sample, or ``None`` if any missed."""
+    """First proposal with sum ``kk`` out of ``trials`` per sample, or ``None`` if any missed."""
     B, n = shifted.shape
     theta = torch.sigmoid(shifted)
     u = torch.rand(trials, S, B, n, dtype=theta.dtype, device=theta.device, generator=generator)
     proposals = u < theta
-    accepted = proposals.sum(-1) == k  # (T, S, B)
+    accepted = proposals.sum(-1) == kk  # (T, S, B)
     if not bool(accepted.any(0).all()):
         return None
     first = accepted.to(torch.int8).argmax(0)  # (S, B): index of the first accepted proposal
@@ -455,15 +742,16 @@ def _sample_rejective(
 
 
 def _sample_tree(
-    shifted: Tensor, k: int, S: int, generator: torch.Generator | None
+    shifted: Tensor, kk: Tensor, K: int, S: int, generator: torch.Generator | None
 ) -> Tensor:
-    """The tree sampler (see :func:`sample_conditional_poisson`)."""
+    """The tree sampler (see :func:`sample_conditional_poisson`), ``kk`` ones per row."""
     B, n = shifted.shape
     dev, dt = shifted.device, shifted.dtype
-    levels, _, bounds = poisson_binomial_pmf_tree(shifted, k, clean=True)
-    counts = torch.full((S, B, 1), k, dtype=torch.int64, device=dev)
+    levels, _, bounds = poisson_binomial_pmf_tree(shifted, K, clean=True)
+    counts = kk.view(1, B, 1).expand(S, B, 1).clone()
     b_idx = torch.arange(B, device=dev).view(1, B, 1)
     n_idx = torch.arange(levels[0].shape[1], device=dev).view(1, 1, -1)
+    tiny = torch.finfo(dt).tiny
     for level in range(len(levels) - 2, -1, -1):
         pmf = levels[level]  # (B, 2 * nodes, L)
         lo, hi = bounds[level]
@@ -475,14 +763,14 @@ def _sample_tree(
             # Leaves: only m == 1 is random; A gets the item w.p. a1 b0 / (a1 b0 + a0 b1).
             pa = a[..., 1] * b[..., 0]
             pb = a[..., 0] * b[..., 1]
-            q = pa / (pa + pb).clamp_min(torch.finfo(dt).tiny)
+            q = pa / (pa + pb).clamp_min(tiny)
             u = torch.rand(S, B, nodes, dtype=dt, device=dev, generator=generator)
             ja = torch.where(m == 1, (u < q).to(torch.int64), m // 2)
         else:
             # win[s, j] = b[(2L - 2 - s) - j] (zero outside 0..L-1): the reversed, padded
             # b seen through sliding windows, a view. Row s = 2L - 2 - m holds b[m - j].
             win = torch.nn.functional.pad(b.flip(-1), (L - 1, L - 1)).unfold(-1, L, 1)
-            row = (2 * L - 2 - m).clamp_min(0)  # (S, B, nodes); m <= 2L - 2 always
+            row = (2 * L - 2 - m).clamp(0, 2 * L - 2)  # (S, B, nodes)
             if 2 * L - 1 <= 2 * S:
                 # Few counts: tabulate the split CDF once per node, shared by all samples.
                 table = (a.unsqueeze(-2) * win).cumsum(-1)  # (B, nodes, 2L - 1, L)

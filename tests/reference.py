@@ -6,6 +6,7 @@ Nothing here imports subset_rl; these are the yardsticks the library is checked 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -67,4 +68,87 @@ def log_esp_dp(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             g = new
     if single:
         return log_z[0], pi[0]
+    return log_z, pi
+
+
+def log_esp_complement(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """log e_k and marginals of each row by a float64 log-space DP, through the complement.
+
+    Independent of subset_rl. Rows are ``(R, n)`` with ``-inf`` for masked items; a row with
+    ``m`` finite logits and ``2k > m`` uses ``e_k(w) = prod(w) e_{m-k}(1/w)`` (DP over the
+    negated finite logits for ``m - k``, then ``pi = 1 - pi'`` on the finite items), so the DP
+    never runs past degree ``min(k, m - k)``. Rows with fewer than ``k`` finite logits get
+    ``log_z = -inf`` and ``pi = nan``.
+
+    Returns:
+        ``(log_z, pi)`` of shapes ``(R,)`` and ``(R, n)``.
+    """
+    x = np.atleast_2d(np.asarray(logits, dtype=np.float64))
+    R, n = x.shape
+    log_z = np.full(R, -np.inf)
+    pi = np.full((R, n), np.nan)
+    for r in range(R):
+        row = x[r]
+        finite = np.isfinite(row)
+        m = int(finite.sum())
+        if m < k:
+            continue
+        flip = 2 * k > m
+        kk = m - k if flip else k
+        y = row[finite]
+        y = -y if flip else y
+        if kk == 0:
+            lz, p = 0.0, np.zeros(m)
+        else:
+            lz, p = log_esp_dp(y[None, :], kk)
+            lz, p = float(lz[0]), p[0]
+        if flip:
+            lz = lz + math.fsum(row[finite])  # exactly rounded sum
+            p = 1.0 - p
+        log_z[r] = lz
+        out = np.zeros(n)
+        out[finite] = p
+        pi[r] = out
+    return log_z, pi
+
+
+def log_esp_exact(logits: np.ndarray, k: int, dps: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """log e_k and marginals of each row in arbitrary-precision arithmetic (mpmath).
+
+    Independent of subset_rl and immune to spread: ``w_i = exp(l_i)`` are mpmath numbers
+    (unbounded exponents, ``dps`` significant digits), and the DP
+    ``e_j <- e_j + w_i e_{j-1}`` adds only positive terms, so every quantity keeps ``dps``
+    relative digits whatever the logits (``1e300`` next to ``1`` included). Marginals are
+    ``pi_i = w_i e_{k-1}(w without i) / e_k(w)`` from prefix and suffix tables. ``O(n k^2)``
+    per row: for small rows only. Rows with fewer than ``k`` finite logits get ``-inf``/NaN.
+    """
+    import mpmath
+
+    x = np.atleast_2d(np.asarray(logits, dtype=np.float64))
+    R, n = x.shape
+    log_z = np.full(R, -np.inf)
+    pi = np.full((R, n), np.nan)
+    with mpmath.workdps(dps):
+        zero, one = mpmath.mpf(0), mpmath.mpf(1)
+        for r in range(R):
+            w = [mpmath.exp(mpmath.mpf(v)) if np.isfinite(v) else zero for v in x[r]]
+            pre = [[one] + [zero] * k]
+            for wi in w:
+                prev = pre[-1]
+                pre.append([one] + [prev[j] + wi * prev[j - 1] for j in range(1, k + 1)])
+            suf = [[one] + [zero] * k]
+            for wi in reversed(w):
+                prev = suf[-1]
+                suf.append([one] + [prev[j] + wi * prev[j - 1] for j in range(1, k + 1)])
+            suf.reverse()  # suf[i] = e_j(w_i..w_{n-1})
+            ek = pre[n][k]
+            if ek == 0:
+                continue
+            log_z[r] = float(mpmath.log(ek))
+            for i in range(n):
+                if k == 0 or w[i] == 0:
+                    pi[r, i] = 0.0
+                    continue
+                rest = mpmath.fsum(pre[i][j] * suf[i + 1][k - 1 - j] for j in range(k))
+                pi[r, i] = float(w[i] * rest / ek)
     return log_z, pi
