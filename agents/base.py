@@ -166,6 +166,7 @@ class BaseAgent(abc.ABC):
         self.best_action: Tensor | None = None
         self.logger: Logger | None = None
         self._ep_rewards: deque[float] = deque(maxlen=100)
+        self._watched_logits: list[Tensor] | None = None  # the logits of the step in progress
 
     # ------------------------------------------------------------------ construction helpers
     def _probe_generator(self) -> torch.Generator:
@@ -210,7 +211,10 @@ class BaseAgent(abc.ABC):
         if out.shape[-1] != self.n:
             raise ValueError(f"policy must output logits of shape (batch, {self.n}), found "
                              f"{tuple(out.shape)}")
-        return out + self.logit_mask
+        logits = out + self.logit_mask
+        if self._watched_logits is not None:  # inside a training step: checked once at its end
+            self._watched_logits.append(logits.detach())
+        return logits
 
     def distribution(self, obs: Tensor, sampler: str = "exact") -> KSubsetPolicy:
         """The k-subset policy for a batch of observations."""
@@ -282,6 +286,12 @@ class BaseAgent(abc.ABC):
 
         Returns:
             ``self``.
+
+        Raises:
+            FloatingPointError: when training diverges: the logits, the rewards, the loss or the
+                gradient norm of a step is NaN/inf (checked every step, before the update). The
+                message names the step, the timestep and the quantity; the agent keeps the
+                parameters from before that update.
         """
         total_steps = _positive_int("total_steps", total_steps, minimum=0)
         if resume_from is not None:
@@ -316,13 +326,39 @@ class BaseAgent(abc.ABC):
         return self
 
     def _train_step(self) -> dict[str, Tensor]:
+        """One update; raises :class:`FloatingPointError` before it if anything is non-finite.
+
+        The logits, the rewards, the loss and the gradient norm are checked together with one
+        host sync per update, before ``optimizer.step()``: when the check fails, the parameters
+        are still those that produced the failing step (finite unless the logits were not).
+        """
         self.policy.train()
-        loss, stats = self._loss()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self._watched_logits = []
+        try:
+            loss, stats = self._loss()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except Exception as err:
+            # Non-finite logits make the sampler or the normalizer fail with an unrelated error
+            # (``cannot convert float NaN to integer``); name the cause instead.
+            message = self._nonfinite_logits_message()
+            if message is not None:
+                raise FloatingPointError(message) from err
+            raise
+        finally:
+            watched, self._watched_logits = self._watched_logits, None
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
-        self.optimizer.step()
         rewards, z = stats["rewards"].detach(), stats["z"].detach()
+        self._check_finite(watched, rewards, loss.detach(), grad_norm.detach())
+        try:
+            self.optimizer.step()
+        except RuntimeError as err:  # Adam's lr / bias correction beyond float32's range
+            if "overflow" not in str(err):
+                raise
+            raise FloatingPointError(
+                f"{self._where()}: the optimizer step overflowed ({err}); lower the learning "
+                f"rate (now {self.learning_rate:g})"
+            ) from err
         flat = rewards.reshape(-1)
         best = flat.max()
         better = best > self.best_reward
@@ -338,16 +374,91 @@ class BaseAgent(abc.ABC):
         self._last_stats = stats
         return stats
 
+    # ------------------------------------------------------------------ divergence checks
+    def _logit_counts(self, watched: list[Tensor]) -> list[Tensor]:
+        """Device-side counts ``[NaN, +inf, rows with fewer than k logits above -inf]``."""
+        zero = torch.zeros((), dtype=torch.long, device=self.device)
+        counts = [zero, zero, zero]
+        for logits in watched:
+            available = (logits > -math.inf).sum(-1)
+            counts = [
+                counts[0] + torch.isnan(logits).sum(),
+                counts[1] + torch.isposinf(logits).sum(),
+                counts[2] + (available < self.k).sum(),
+            ]
+        return counts
+
+    def _where(self) -> str:
+        return f"step {self.num_steps + 1} (timestep {self.num_timesteps})"
+
+    def _logits_message(self, nan: int, posinf: int, short: int, total: int) -> str | None:
+        if not (nan or posinf or short):
+            return None
+        parts = [f"{nan} NaN" if nan else "", f"{posinf} +inf" if posinf else ""]
+        found = ", ".join(p for p in parts if p)
+        found = f"{found} of {total}" if found else ""
+        if short:
+            found = (found + "; " if found else "") + (
+                f"{short} rows with fewer than k={self.k} logits above -inf"
+            )
+        return (
+            f"{self._where()}: logits are not finite ({found}); the policy "
+            f"diverged: lower the learning rate (now {self.learning_rate:g}) or clip gradients "
+            "with max_grad_norm, and check that the objective's rewards are of a sane scale"
+        )
+
+    def _nonfinite_logits_message(self) -> str | None:
+        watched = self._watched_logits or []
+        if not watched:
+            return None
+        nan, posinf, short = torch.stack(self._logit_counts(watched)).tolist()
+        return self._logits_message(nan, posinf, short, sum(t.numel() for t in watched))
+
+    def _check_finite(
+        self, watched: list[Tensor], rewards: Tensor, loss: Tensor, grad_norm: Tensor
+    ) -> None:
+        """Raises :class:`FloatingPointError` naming the first non-finite quantity of a step.
+
+        Checked in causal order (logits, rewards, loss, gradient norm) with one host sync.
+        """
+        counts = self._logit_counts(watched) + [
+            torch.isnan(rewards).sum(),
+            torch.isinf(rewards).sum(),
+            (~torch.isfinite(loss)).sum(),
+            (~torch.isfinite(grad_norm)).sum(),
+        ]
+        nan, posinf, short, r_nan, r_inf, bad_loss, bad_grad = torch.stack(
+            [c.to(self.device) for c in counts]
+        ).tolist()
+        message = self._logits_message(nan, posinf, short, sum(t.numel() for t in watched))
+        if message is None and (r_nan or r_inf):
+            found = ", ".join(
+                p for p in (f"{r_nan} NaN" if r_nan else "", f"{r_inf} inf" if r_inf else "") if p
+            )
+            message = (
+                f"{self._where()}: rewards are not finite ({found} of {rewards.numel()}); the "
+                f"objective {type(self.objective).__name__} returned them for valid k-hot "
+                "actions: check the objective (or reward_fn)"
+            )
+        if message is None and bad_loss:
+            message = (
+                f"{self._where()}: the loss is {float(loss)} with finite logits and rewards; "
+                f"lower the learning rate (now {self.learning_rate:g}) or check the scale of "
+                "the objective's rewards"
+            )
+        if message is None and bad_grad:
+            message = (
+                f"{self._where()}: the gradient norm is {float(grad_norm)} with a finite loss; "
+                f"lower the learning rate (now {self.learning_rate:g}), clip gradients with "
+                "max_grad_norm, or check the objective's gradient (reward_fn)"
+            )
+        if message is not None:
+            raise FloatingPointError(message)
+
     def _log(self, stats: dict[str, Tensor], start: float, start_timesteps: int) -> None:
         if self.logger is None:
             self._setup_logger()
-        loss = float(stats["loss"])
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss} at step {self.num_steps}: the policy produced non-finite "
-                "logits or the objective non-finite rewards; lower the learning rate or clip "
-                "gradients (max_grad_norm)"
-            )
+        loss = float(stats["loss"])  # finite: checked by _train_step
         rewards = stats["rewards"]
         self._ep_rewards.extend(rewards.reshape(-1)[:256].tolist())
         with torch.no_grad():

@@ -24,8 +24,9 @@ class SFESS(BaseAgent):
         \hat g = \frac{1}{BN}\sum_{b,j}\Bigl(f(z_{bj}) - \frac{1}{N-1}\sum_{i\neq j} f(z_{bi})\Bigr)
         \nabla_\phi \log p_\phi(z_{bj} \mid o_b),
 
-    the SFESS+VR estimator (unbiased with the exact sampler). Nothing leaves the device inside a
-    step; statistics are read back only every ``log_interval`` steps.
+    the SFESS+VR estimator (unbiased with the exact sampler). One host sync per step checks that
+    the logits, rewards, loss and gradient norm are finite (a :class:`FloatingPointError` names
+    the step and the quantity otherwise); statistics are read back every ``log_interval`` steps.
 
     Args:
         env: objective, env or env id (see :class:`~subset_rl.agents.base.BaseAgent`).

@@ -22,7 +22,10 @@ Any env with a :class:`~subset_rl.envs.KHot` action space works, including your 
 
 User errors (an unknown env id, ``k`` larger than ``n``, a pathwise estimator on a
 non-differentiable objective, a device that is not available, ...) print one line,
-``subset-rl <command>: error: ...``, and exit with status 2, as argparse does.
+``subset-rl <command>: error: ...``, and exit with status 2, as argparse does. A run that
+diverges (NaN/inf logits, rewards, loss or gradients; parameters or rollouts under PPO/A2C)
+prints ``subset-rl train: training failed: step N (timestep T): <quantity> ...`` and exits with
+status 1, as does an objective that fails.
 """
 
 from __future__ import annotations

@@ -588,11 +588,14 @@ else:  # pragma: no cover - depends on the environment
 # Guard, helpers
 # --------------------------------------------------------------------------------------------
 class KHotGuard(BaseCallback):
-    """Callback that fails loudly when a model would act with the wrong number of ones.
+    """Callback that fails loudly when a model would act with the wrong number of ones or diverges.
 
     At training start it runs :func:`check_k_hot_policy` (refusing SB3's silent Bernoulli head on
     a ``KHot`` space) and refuses ``entropy_grad=False`` with ``ent_coef > 0``; at every step it
-    checks that the actions sent to the envs have exactly ``k`` ones.
+    checks that the actions sent to the envs have exactly ``k`` ones. Before each rollout it
+    checks that the policy's parameters are finite (one host sync), and after it that the rollout
+    buffer's rewards, log-probabilities, values, returns and advantages are, so that a diverging
+    run stops with the quantity named instead of an unrelated error in the k-subset sampler.
 
     Example:
         ``model.learn(10_000, callback=KHotGuard())``
@@ -601,7 +604,22 @@ class KHotGuard(BaseCallback):
         TypeError: From :func:`check_k_hot_policy`.
         ValueError: If ``ent_coef > 0`` while the entropy has no gradient, or an action does
             not have ``k`` ones.
+        FloatingPointError: If a parameter or a rollout quantity is NaN/inf; the message names
+            the timestep, the number of gradient updates so far and the quantity.
     """
+
+    # Rollout-buffer fields in causal order, with what to say about each.
+    _ROLLOUT_FIELDS: tuple[tuple[str, str], ...] = (
+        ("rewards", "check the env's reward (the objective)"),
+        ("log_probs", "the policy diverged: lower the learning rate or max_grad_norm"),
+        ("values", "the value function diverged: lower the learning rate or vf_coef"),
+        ("returns", "check the scale of the rewards, gamma and gae_lambda"),
+        ("advantages", "check the scale of the rewards, gamma and gae_lambda"),
+    )
+
+    def _where(self) -> str:
+        updates = getattr(self.model, "_n_updates", 0)
+        return f"timestep {self.model.num_timesteps} (after {updates} gradient updates)"
 
     def _on_training_start(self) -> None:
         check_k_hot_policy(self.model)
@@ -625,6 +643,45 @@ class KHotGuard(BaseCallback):
                     f"{counts.tolist()[:8]}"
                 )
         return True
+
+    def _on_rollout_start(self) -> None:
+        params = list(self.model.policy.named_parameters())
+        if not params:
+            return
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params])
+        if bool(finite.all()):
+            return
+        bad = [
+            f"{name} ({int(torch.isnan(p).sum())} NaN, {int(torch.isinf(p).sum())} inf)"
+            for name, p in params
+            if not bool(torch.isfinite(p).all())
+        ]
+        lr = getattr(self.model, "learning_rate", None)
+        now = f" (now {lr:g})" if isinstance(lr, numbers.Real) else ""
+        raise FloatingPointError(
+            f"{self._where()}: the policy's parameters are not finite: {', '.join(bad[:4])}"
+            f"{', ...' if len(bad) > 4 else ''}; training diverged: lower the learning "
+            f"rate{now} or max_grad_norm, and check the scale of the rewards"
+        )
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.locals.get("rollout_buffer", getattr(self.model, "rollout_buffer", None))
+        if buffer is None:
+            return
+        for field, hint in self._ROLLOUT_FIELDS:
+            values = getattr(buffer, field, None)
+            if values is None:
+                continue
+            values = np.asarray(values)
+            if np.isfinite(values).all():
+                continue
+            nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+            found = ", ".join(p for p in (f"{nan} NaN" if nan else "",
+                                          f"{inf} inf" if inf else "") if p)
+            raise FloatingPointError(
+                f"{self._where()}: the rollout's {field} are not finite ({found} of "
+                f"{values.size}); {hint}"
+            )
 
 
 def ppo_kwargs(**overrides: Any) -> dict[str, Any]:

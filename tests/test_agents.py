@@ -252,3 +252,169 @@ def test_pairwise_policy_learns_knn_voting(device):
     assert agent.evaluate(256) > 0.6
     with pytest.raises(ValueError, match="pairwise"):
         SFESS(linear_objective(device), policy="pairwise", device=device)
+
+
+# ------------------------------------------------------------------ divergence: FloatingPointError
+class DivergingLinear(ContextualLinear):
+    """ContextualLinear whose rewards turn NaN/inf after ``after`` calls (no validation of its own,
+    as a user's objective)."""
+
+    def __init__(self, after: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(device=device)
+        self.after, self.calls = after, 0
+
+    def _evaluate(self, z, context):
+        self.calls += 1
+        reward = (z * context.obs).sum(-1)
+        if self.calls > self.after:
+            reward = reward.clone()
+            reward.view(-1)[0] = float("nan")
+            reward.view(-1)[1] = float("inf")
+        return {"reward": reward}
+
+
+def _set_nan(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        next(module.parameters()).view(-1)[0] = float("nan")
+
+
+def _finite(agent) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in agent.parameters())
+
+
+def test_sfess_names_non_finite_rewards_and_the_step(device):
+    agent = SFESS(DivergingLinear(after=3, device=device), num_samples=4, batch_size=8, seed=0,
+                  device=device)
+    with pytest.raises(FloatingPointError,
+                       match=r"^step 4 \(timestep 96\): rewards are not finite \(1 NaN, 1 inf "
+                       r"of 32\); the objective DivergingLinear .*check the objective"):
+        agent.learn(10)
+    # Checked before the update: the agent keeps the parameters of step 3.
+    assert agent.num_steps == 3 and _finite(agent)
+
+
+def test_sfess_nan_parameter_is_named_as_logits_not_an_unrelated_error(device):
+    agent = SFESS(linear_objective(device), num_samples=4, batch_size=2, seed=0, device=device)
+    agent.learn(5)
+    _set_nan(agent.policy)  # free logits: one NaN item in each of the 2 contexts
+    with pytest.raises(FloatingPointError,
+                       match=r"^step 6 \(timestep 40\): logits are not finite \(2 NaN of 20\); "
+                       r".*lower the learning rate"):
+        agent.learn(5)
+
+
+def test_sfess_huge_learning_rate_stops_at_infinite_logits(device):
+    objective = BlackBoxObjective(lambda z: 1e6 * (z * WEIGHTS.to(z.device)).sum(-1), 10, 3,
+                                  batched=True, device=device)
+    agent = SFESS(objective, num_samples=4, baseline="none", optimizer="sgd", learning_rate=1e35,
+                  seed=0, device=device)
+    with pytest.raises(FloatingPointError,
+                       match=r"^step \d+ \(timestep \d+\): logits are not finite \(.*inf.*"
+                       r"lower the learning rate \(now 1e\+35\)"):
+        agent.learn(50)
+
+
+def test_absurd_learning_rate_is_a_floating_point_error(device):
+    agent = SFESS(linear_objective(device), num_samples=4, learning_rate=1e38, seed=0,
+                  device=device)
+    with pytest.raises(FloatingPointError,
+                       match=r"^step 1 \(timestep 0\): the optimizer step overflowed .*now 1e\+38"):
+        agent.learn(2)
+
+
+@pytest.mark.parametrize("estimator", ["gs", "stgs", "simple", "imle", "aimle", "intermediate"])
+def test_pathwise_nan_parameter_is_named_as_logits(estimator, device):
+    agent = Pathwise(linear_objective(device), estimator=estimator, batch_size=2, seed=0,
+                     device=device)
+    _set_nan(agent.policy)
+    with pytest.raises(FloatingPointError,
+                       match=r"^step 1 \(timestep 0\): logits are not finite \(2 NaN of 20\)"):
+        agent.learn(3)
+
+
+def test_pathwise_names_rewards_loss_and_gradient(device):
+    def make(reward_fn, **kw):
+        return Pathwise(ContextualLinear(device=device), estimator="stgs", reward_fn=reward_fn,
+                        batch_size=4, seed=0, device=device, **kw)
+
+    calls = []
+
+    def nan_after_two(z, ctx):
+        calls.append(1)
+        reward = (z * ctx.obs).sum(-1)
+        return reward * float("nan") if len(calls) > 2 else reward
+
+    with pytest.raises(FloatingPointError,
+                       match=r"^step 3 \(timestep 8\): rewards are not finite \(4 NaN of 4\)"):
+        make(nan_after_two).learn(5)
+    # finite rewards whose mean overflows float32
+    with pytest.raises(FloatingPointError, match=r"^step 1 \(timestep 0\): the loss is -inf"):
+        make(lambda z, ctx: z.sum(-1) * 1e38, num_samples=8).learn(2)
+    # finite loss, infinite derivative (sqrt at the unchosen items' 0)
+    with pytest.raises(FloatingPointError,
+                       match=r"^step 1 \(timestep 0\): the gradient norm is nan .*max_grad_norm"):
+        make(lambda z, ctx: z.sqrt().sum(-1)).learn(2)
+
+
+def test_divergence_check_does_not_hide_other_errors(device):
+    objective = BlackBoxObjective(lambda z: float("nan"), 6, 2, device=device)
+    with pytest.raises(Exception, match="expected a finite value") as info:
+        SFESS(objective, num_samples=2, device=device).learn(1)  # the objective's own check
+    assert not isinstance(info.value, FloatingPointError)
+
+
+class DivergingEnv(gym.Env):
+    """A plain Gymnasium env with a k-hot action whose reward turns NaN after ``after`` steps."""
+
+    def __init__(self, after: int) -> None:
+        self.action_space = KHot(6, 2)
+        self.observation_space = gym.spaces.Box(-5, 5, (6,), np.float32)
+        self.after, self.calls = after, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(6, np.float32), {}
+
+    def step(self, action):
+        self.calls += 1
+        reward = float("nan") if self.calls > self.after else float(np.asarray(action)[:2].sum())
+        return np.zeros(6, np.float32), reward, True, False, {}
+
+
+def test_sb3_guard_names_nan_rewards_and_parameters(device):
+    from stable_baselines3 import A2C, PPO
+
+    from subset_rl.sb3 import KHotGuard, KSubsetActorCriticPolicy
+
+    model = PPO(KSubsetActorCriticPolicy, DivergingEnv(after=40), n_steps=16, batch_size=16,
+                n_epochs=1, seed=0, device=device)
+    with pytest.raises(FloatingPointError,
+                       match=r"^timestep 48 \(after 2 gradient updates\): the rollout's rewards "
+                       r"are not finite \(8 NaN of 16\); check the env's reward"):
+        model.learn(160, callback=KHotGuard())
+    model = A2C(KSubsetActorCriticPolicy, DivergingEnv(after=10**9), n_steps=8, seed=0,
+                device=device)
+    model.learn(16, callback=KHotGuard())
+    with torch.no_grad():
+        model.policy.action_net.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError,
+                       match=r"^timestep 16 \(after 2 gradient updates\): the policy's parameters "
+                       r"are not finite: action_net.weight \(1 NaN, 0 inf\)"):
+        model.learn(16, callback=KHotGuard(), reset_num_timesteps=False)
+
+
+def test_cli_train_reports_divergence_in_one_line(tmp_path, capsys):
+    from subset_rl.cli import main
+    from subset_rl.envs.base import SubsetEnv
+
+    if "agentstest/Diverging-v0" not in gym.registry:
+        gym.register(id="agentstest/Diverging-v0",
+                     entry_point=lambda **kw: SubsetEnv(DivergingLinear(**kw)))
+    code = main(["train", "agentstest/Diverging-v0", "--env-kwargs", '{"after": 5}',
+                 "--steps", "20", "--num-samples", "4", "--batch-size", "4", "--device", "cpu",
+                 "--quiet", "--no-plot", "--logdir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.count("\n") == 1, err
+    assert err.startswith("subset-rl train: training failed: step 6 (timestep 80): rewards are "
+                          "not finite (1 NaN, 1 inf of 16)"), err
