@@ -5,6 +5,7 @@ Poisson), with its normalizer and marginals also available as functions; :func:`
 searches for the best k-subset of a black-box objective.
 """
 
+from . import kl as kl  # registers kl_divergence(KSubsetPolicy, KSubsetPolicy)
 from .constraints import KHot
 from .distribution import KSubsetPolicy
 from .poisson_binomial import log_normalizer, marginals, sample_conditional_poisson

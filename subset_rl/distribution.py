@@ -147,7 +147,7 @@ class KSubsetPolicy(Distribution):
     # ------------------------------------------------------------------ quantities
     @property
     def _flat(self) -> Tensor:
-        return self.logits.reshape(-1, self.event_shape[0])
+        return self.logits.reshape(self.batch_shape.numel(), self.event_shape[0])
 
     @lazy_property
     def _layout(self) -> Layout:
@@ -296,7 +296,7 @@ class KSubsetPolicy(Distribution):
         sample_shape = torch.Size(sample_shape)
         n = self.event_shape[0]
         num = sample_shape.numel()
-        flat = self.logits.detach().reshape(-1, n)
+        flat = self.logits.detach().reshape(self.batch_shape.numel(), n)
         if self.sampler == "exact":
             z = sample_2d(flat, self._layout, num, generator)
         else:

@@ -116,14 +116,17 @@ def _check_tensor(logits: object) -> Tensor:
 
 
 def check_logits(logits: Tensor, k: int) -> None:
-    """Raise ``ValueError`` for NaN, ``+inf``, or a row with fewer than ``k`` finite logits."""
+    """``ValueError`` for NaN, ``+inf``, ``|l| > finfo.max / 8``, or fewer than ``k`` finite."""
     if logits.numel() == 0:
         return
     with torch.no_grad():
         nan = torch.isnan(logits)
         pos_inf = logits == math.inf
-        available = torch.isfinite(logits).sum(-1)
-        bad = torch.stack([nan.sum(), pos_inf.sum(), (available < k).sum()]).tolist()
+        finite = torch.isfinite(logits)
+        available = finite.sum(-1)
+        limit = torch.finfo(compute_dtype(logits.dtype)).max / 8
+        huge = finite & (logits.abs() > limit)
+        bad = torch.stack([nan.sum(), pos_inf.sum(), (available < k).sum(), huge.sum()]).tolist()
     if bad[0]:
         raise ValueError(
             f"logits must not contain NaN, found {bad[0]} NaN value(s) in logits of shape "
@@ -131,6 +134,12 @@ def check_logits(logits: Tensor, k: int) -> None:
         )
     if bad[1]:
         raise ValueError("logits must be finite or -inf (masked), found +inf")
+    if bad[3]:
+        raise ValueError(
+            f"finite logits must have magnitude <= finfo({compute_dtype(logits.dtype)}).max / 8 "
+            f"= {limit:.3g} (the shifted logits must not overflow), found {bad[3]} larger "
+            "value(s); use -inf to mask an item"
+        )
     if bad[2]:
         worst = int(available.min())
         raise ValueError(
@@ -556,7 +565,7 @@ def _flatten(logits: Tensor, k: object, method: object, methods: tuple[str, ...]
     logits = _check_tensor(logits)
     check_k(k, logits.shape[-1])
     _check_method(method, methods)
-    return logits.reshape(-1, logits.shape[-1])
+    return logits.reshape(math.prod(logits.shape[:-1]), logits.shape[-1])
 
 
 def log_normalizer(logits: Tensor, k: int, method: Method = "auto") -> Tensor:

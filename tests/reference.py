@@ -119,8 +119,10 @@ def log_esp_exact(logits: np.ndarray, k: int, dps: int = 30) -> tuple[np.ndarray
     (unbounded exponents, ``dps`` significant digits), and the DP
     ``e_j <- e_j + w_i e_{j-1}`` adds only positive terms, so every quantity keeps ``dps``
     relative digits whatever the logits (``1e300`` next to ``1`` included). Marginals are
-    ``pi_i = w_i e_{k-1}(w without i) / e_k(w)`` from prefix and suffix tables. ``O(n k^2)``
-    per row: for small rows only. Rows with fewer than ``k`` finite logits get ``-inf``/NaN.
+    ``pi_i = w_i e_{k-1}(w without i) / e_k(w)`` from prefix and suffix tables. Rows with
+    ``2k > m`` go through ``e_k(w) = prod(w) e_{m-k}(1/w)``, products only. ``O(n k'^2)`` per
+    row with ``k' = min(k, m - k)``: for small rows or small ``k'`` only. Rows with fewer than
+    ``k`` finite logits get ``-inf``/NaN.
     """
     import mpmath
 
@@ -131,24 +133,43 @@ def log_esp_exact(logits: np.ndarray, k: int, dps: int = 30) -> tuple[np.ndarray
     with mpmath.workdps(dps):
         zero, one = mpmath.mpf(0), mpmath.mpf(1)
         for r in range(R):
-            w = [mpmath.exp(mpmath.mpf(v)) if np.isfinite(v) else zero for v in x[r]]
-            pre = [[one] + [zero] * k]
-            for wi in w:
-                prev = pre[-1]
-                pre.append([one] + [prev[j] + wi * prev[j - 1] for j in range(1, k + 1)])
-            suf = [[one] + [zero] * k]
-            for wi in reversed(w):
-                prev = suf[-1]
-                suf.append([one] + [prev[j] + wi * prev[j - 1] for j in range(1, k + 1)])
-            suf.reverse()  # suf[i] = e_j(w_i..w_{n-1})
-            ek = pre[n][k]
-            if ek == 0:
+            finite = np.isfinite(x[r])
+            m = int(finite.sum())
+            if m < k:
                 continue
+            # Complement in multiplicative form (no cancellation): e_k(w) = prod(w) e_{m-k}(1/w).
+            flip = 2 * k > m
+            kk = m - k if flip else k
+            w = [mpmath.exp(mpmath.mpf(-v if flip else v)) for v in x[r][finite]]
+            ek, p = _esp_and_marginals(w, kk, zero, one)
+            if flip:
+                for v in x[r][finite]:  # prod(w): products keep every relative digit
+                    ek = ek * mpmath.exp(mpmath.mpf(v))
+                p = [1 - q for q in p]
             log_z[r] = float(mpmath.log(ek))
-            for i in range(n):
-                if k == 0 or w[i] == 0:
-                    pi[r, i] = 0.0
-                    continue
-                rest = mpmath.fsum(pre[i][j] * suf[i + 1][k - 1 - j] for j in range(k))
-                pi[r, i] = float(w[i] * rest / ek)
+            out = np.zeros(n)
+            out[finite] = [float(q) for q in p]
+            pi[r] = out
     return log_z, pi
+
+
+def _esp_and_marginals(w, k, zero, one):
+    """``e_k(w)`` and ``w_i e_{k-1}(w without i) / e_k(w)`` by prefix/suffix DPs (mpmath)."""
+    n = len(w)
+    pre = [[one] + [zero] * k]
+    for wi in w:
+        prev = pre[-1]
+        pre.append([one] + [prev[j] + wi * prev[j - 1] for j in range(1, k + 1)])
+    suf = [[one] + [zero] * k]
+    for wi in reversed(w):
+        prev = suf[-1]
+        suf.append([one] + [prev[j] + wi * prev[j - 1] for j in range(1, k + 1)])
+    suf.reverse()  # suf[i] = e_j(w_i..w_{n-1})
+    ek = pre[n][k]
+    if k == 0:
+        return ek, [zero] * n
+    p = []
+    for i in range(n):
+        rest = sum((pre[i][j] * suf[i + 1][k - 1 - j] for j in range(k)), zero)
+        p.append(w[i] * rest / ek)
+    return ek, p

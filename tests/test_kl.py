@@ -261,10 +261,6 @@ print(float(torch.distributions.kl_divergence(p, subset_rl.KSubsetPolicy(torch.z
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs `from . import kl as kl` in subset_rl/__init__.py; then remove this marker",
-)
 def test_import_subset_rl_registers_the_kl() -> None:
     proc = subprocess.run(
         [sys.executable, "-c", REGISTRATION_SCRIPT], capture_output=True, text=True, timeout=120

@@ -18,14 +18,12 @@ The default run covers about 3,000 rows in a few seconds; ``-m slow`` runs a lar
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from reference import log_esp_complement, log_esp_exact
 
-from subset_rl import KSubsetPolicy, log_normalizer, marginals, sample_conditional_poisson
+from subset_rl import KSubsetPolicy
 
 TOL = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-8)}
 LIMIT = {torch.float32: 1e30, torch.float64: 1e300}  # well inside the validated range
@@ -45,7 +43,8 @@ def _row(rng: np.random.Generator, n: int, dtype: torch.dtype) -> np.ndarray:
     elif kind == 4:  # extreme spread
         x = rng.standard_normal(n) * 3
         hit = rng.random(n) < 0.3
-        x[hit] = rng.choice([-1.0, 1.0], hit.sum()) * LIMIT[dtype] * 10 ** -rng.uniform(0, 20, hit.sum())
+        scale = LIMIT[dtype] * 10 ** -rng.uniform(0, 20, hit.sum())
+        x[hit] = rng.choice([-1.0, 1.0], hit.sum()) * scale
     else:  # soft masks on a gentle or spread base
         x = rng.standard_normal(n) * 10 ** rng.uniform(-1, 2)
         hit = rng.random(n) < rng.uniform(0.1, 0.7)
@@ -66,12 +65,24 @@ def _cases(seed: int, count: int, n_max: int, rows: int):
         choice = rng.integers(0, 6)
         k = [0, 1, m_min // 2, m_min - 1, m_min, int(rng.integers(0, m_min + 1))][choice]
         k = max(0, min(k, m_min))
+        if n > 40 and min(k, m_min - k) > 4:
+            # Large rows: the exact reference costs O(n k'^2); keep k' small for it, or use
+            # the float64 DP on rows whose spread it resolves.
+            if np.abs(np.where(np.isfinite(x), x, 0)).max() > 1e4:
+                k = int(rng.integers(0, 5))
         method = ["auto", "tree", "dft"][rng.integers(0, 3)]
         yield x, k, dtype, method
 
 
+def _reference(x: np.ndarray, k: int):
+    m_min = int(np.isfinite(x).sum(-1).min())
+    if x.shape[1] <= 40 or min(k, m_min - k) <= 4:
+        return log_esp_exact(x, k)
+    return log_esp_complement(x, k)
+
+
 def _check_case(x: np.ndarray, k: int, dtype: torch.dtype, method: str, device, seed: int):
-    ref_z, ref_pi = log_esp_exact(x, k) if x.shape[1] <= 40 else log_esp_complement(x, k)
+    ref_z, ref_pi = _reference(x, k)
     rtol, atol = TOL[dtype]
     logits = torch.tensor(x, dtype=dtype, device=device)
     where = f"n={x.shape[1]} k={k} {dtype} {method} rows=\n{x}"
