@@ -171,7 +171,8 @@ class Layout(NamedTuple):
             so that these rows choose the ``m - k`` items left out, with negated logits.
         kk: ``(B,)`` int64 subset size of the (possibly complemented) row, ``kk <= m / 2``.
         K: a Python int with ``kk <= K`` for every row: ``min(k, n - k)``.
-        shift: ``(B, 1)`` centring shift of the (possibly negated) logits, compute dtype.
+        shift: ``(B, 1)`` float64 centring shift of the (possibly negated) logits: float64
+            even for float32 logits, since e.g. ``1e8 + c`` must resolve fractions of a unit.
         feasible: ``(B,)`` rows with at least ``k`` available items.
     """
 
@@ -202,8 +203,19 @@ def make_layout(logits: Tensor, k: int) -> Layout:
     kk = kk.clamp_min(0)
     K = min(k, n - k)
     x = torch.where(finite & flip.unsqueeze(-1), -x, x)
-    shift = _centering_shift(x, kk, finite)
+    shift = _centering_shift(x.double(), kk, finite)
     return Layout(finite, flip, kk, K, shift, feasible)
+
+
+def _apply_shift(x: Tensor, shift: Tensor) -> Tensor:
+    """``x + shift`` rounded once to the dtype of ``x`` (added in float64), gradient 1."""
+    if x.dtype == torch.float64:
+        return x + shift
+    value = (x.detach().double() + shift).to(x.dtype)
+    if not x.requires_grad:
+        return value
+    safe = torch.where(torch.isfinite(x), x, torch.zeros_like(x))  # -inf - -inf would be NaN
+    return value + (safe - safe.detach())
 
 
 def _centering_shift(x: Tensor, kk: Tensor, finite: Tensor) -> Tensor:
@@ -225,7 +237,7 @@ def _centering_shift(x: Tensor, kk: Tensor, finite: Tensor) -> Tensor:
     iteration always converges. It stops when :math:`|S - k| \le 0.2 \max(1, \sqrt{v})`
     (:math:`v = \sum_i \sigma(1 - \sigma)`, the Poisson-binomial variance), which keeps ``k``
     within a fifth of a standard deviation of the mean. Rows with ``k = 0`` get
-    :math:`c = -s_1` (unused).
+    :math:`c = -s_1 - 40` (unused, but keeps every intermediate finite).
     """
     B, n = x.shape
     dt = x.dtype
@@ -245,7 +257,8 @@ def _centering_shift(x: Tensor, kk: Tensor, finite: Tensor) -> Tensor:
     # A midpoint between two finite values that overflows (e.g. +-3e38 in float32): halve first.
     c = torch.where(torch.isfinite(c), c, -(0.5 * a + 0.5 * b))
     active = (k1 > 0) & torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(c)
-    c = torch.where(active, c, torch.where(torch.isfinite(s[:, :1]), -s[:, :1], 0.0))
+    # Rows choosing nothing: every theta below e^-40, so PB_0 ~ 1 (its value is not used).
+    c = torch.where(active, c, torch.where(torch.isfinite(s[:, :1]), -s[:, :1] - 40, 0.0))
     lo = torch.where(active, lo, c)
     hi = torch.where(active, hi, c)
     kf = torch.where(active, kf, 1.0)
@@ -290,8 +303,8 @@ def centering_shift(logits: Tensor, k: int) -> Tensor:
     m = finite.sum(-1)
     flip = 2 * kk > m
     xo = torch.where(finite & flip.unsqueeze(-1), -x, x)
-    c = _centering_shift(xo, torch.where(flip, (m - kk).clamp_min(0), kk), finite)
-    return torch.where(flip.unsqueeze(-1), -c, c)
+    c = _centering_shift(xo.double(), torch.where(flip, (m - kk).clamp_min(0), kk), finite)
+    return torch.where(flip.unsqueeze(-1), -c, c).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,8 +515,8 @@ def log_normalizer_2d(logits: Tensor, layout: Layout, method: str) -> Tensor:
     else:
         if method == "auto":
             method = _auto_method(B, n, K, x.dtype, x.device)
-        xs = x + c
-        c64 = c.double()
+        xs = _apply_shift(x, c)
+        c64 = c
         # The leaves' log-scales max(xs, 0) together with the complement's prod(w), summed
         # without ever adding c to a logit (which would round the logit away when |c| is
         # large): with P = {xs > 0}, plain rows give sum_P (l + c) and complemented rows
@@ -520,7 +533,7 @@ def log_normalizer_2d(logits: Tensor, layout: Layout, method: str) -> Tensor:
             zeros = torch.zeros_like(l64)
             levels, log_scale, _ = poisson_binomial_pmf_tree(xs, K, log_pos=zeros)
             coef = levels[-1][:, 0, :].gather(-1, kk.unsqueeze(-1)).squeeze(-1)
-            coef = torch.where(feasible, coef, torch.ones_like(coef))
+            coef = torch.where(feasible & (kk > 0), coef, torch.ones_like(coef))
             body = torch.log(coef).double() + log_scale + base
         else:
             theta, theta_bar = torch.sigmoid(xs), torch.sigmoid(-xs)
@@ -715,7 +728,7 @@ def sample_2d(
         if layout.K == 0 or S == 0 or B == 0:
             z = torch.zeros(S, B, n, dtype=x.dtype, device=dev)
         else:
-            shifted = x + layout.shift
+            shifted = _apply_shift(x, layout.shift)
             trials = _rejective_trials(n, layout.K)
             z = None
             if method == "rejective" or (
