@@ -428,6 +428,7 @@ def _log_pb_dft(
     k: int | Tensor,
     num_frequencies: int | None = None,
     theta_bar: Tensor | None = None,
+    precision: torch.dtype | None = None,
 ) -> Tensor:
     r""":math:`\log \mathrm{PB}_k(\theta)` by the DFT over ``M`` frequencies, real arithmetic.
 
@@ -436,6 +437,7 @@ def _log_pb_dft(
         k: the count, an int or a ``(B,)`` integer tensor (one per row).
         num_frequencies: ``M``; by default the smallest that aliases below working precision.
         theta_bar: ``1 - theta`` computed without rounding (``sigmoid(-x)``), if available.
+        precision: the dtype whose precision ``M`` must reach (default: that of ``theta``).
     """
     tb = 1 - theta if theta_bar is None else theta_bar
     kt = torch.as_tensor(k, device=theta.device).to(theta.dtype)
@@ -445,7 +447,8 @@ def _log_pb_dft(
             v_off = torch.stack(
                 [(theta * tb).sum(-1).amax(), (theta.sum(-1) - kt.squeeze(-1)).abs().amax()]
             ).tolist()
-        num_frequencies = _frequency_count(theta.shape[-1], v_off[0], v_off[1], theta.dtype)
+        target = theta.dtype if precision is None else precision
+        num_frequencies = _frequency_count(theta.shape[-1], v_off[0], v_off[1], target)
     M = num_frequencies
     half = (M - 1) // 2  # frequencies 1..half; conjugates M-half..M-1 give the same real part
     j = torch.arange(1, half + 1, dtype=torch.float64, device=theta.device)
@@ -536,8 +539,11 @@ def log_normalizer_2d(logits: Tensor, layout: Layout, method: str) -> Tensor:
             coef = torch.where(feasible & (kk > 0), coef, torch.ones_like(coef))
             body = torch.log(coef).double() + log_scale + base
         else:
-            theta, theta_bar = torch.sigmoid(xs), torch.sigmoid(-xs)
-            log_pb = _log_pb_dft(theta, kk, theta_bar=theta_bar)
+            # The DFT sums phases over all n items: float64 throughout (it only runs for small
+            # problems on the CPU, where float64 costs little), so float32 keeps 1e-4 marginals.
+            xd = xs.double()
+            theta, theta_bar = torch.sigmoid(xd), torch.sigmoid(-xd)
+            log_pb = _log_pb_dft(theta, kk, theta_bar=theta_bar, precision=x.dtype)
             # softplus(xs) = max(xs, 0) + log1p(exp(-|xs|)): the first part exact in base.
             small = torch.log1p(torch.exp(-xs.detach().abs()))
             small = torch.where(finite, small, torch.zeros_like(small))
