@@ -257,6 +257,17 @@ class KSubsetPolicy(Distribution):
         h = h + (h.clamp_min(0) - h).detach()
         return h.to(self.logits.dtype)
 
+    def entropy_value(self) -> Tensor:
+        """The entropy without its gradient, from the normalizer and marginals' shared pass.
+
+        Cheaper than ``entropy().detach()`` when the logits require grad: no second-order graph
+        is built (for ``ent_coef = 0`` in PPO, where the entropy is only logged).
+        """
+        with torch.no_grad():
+            log_z, pi = self._detached
+            safe = torch.where(torch.isfinite(self.logits), self.logits, 0.0).double()
+            return (log_z - (pi.double() * safe).sum(-1)).clamp_min(0).to(self.logits.dtype)
+
     def enumerate_support(self, expand: bool = True) -> Tensor:
         """All ``C(n, k)`` k-hot vectors, shape ``(C(n, k), *batch_shape, n)`` (or with ones).
 

@@ -342,8 +342,7 @@ class KSubsetDistribution(Distribution):
         """
         if self.entropy_grad:
             return self.distribution.entropy()
-        with torch.no_grad():
-            return self._make(self.distribution.logits.detach()).entropy()
+        return self.distribution.entropy_value()
 
     def sample(self) -> Tensor:
         """One k-hot sample per row, shape ``(batch, n)``, the logits' dtype."""
