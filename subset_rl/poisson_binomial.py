@@ -774,44 +774,51 @@ def _sample_rejective(
 def _sample_tree(
     shifted: Tensor, kk: Tensor, K: int, S: int, generator: torch.Generator | None
 ) -> Tensor:
-    """The tree sampler (see :func:`sample_conditional_poisson`), ``kk`` ones per row."""
+    """The tree sampler (see :func:`sample_conditional_poisson`), ``kk`` ones per row.
+
+    Each split draws ``j`` by inverting the split CDF with ``u = 1 - rand()`` in ``(0, 1]``:
+    ``j = #{i : cdf_i < u * cdf_last}``. Entries outside a child's feasible range are exactly
+    zero, so the CDF is flat there and ``j`` lands in the feasible range by construction (no
+    clamping). Counts are int32.
+    """
     B, n = shifted.shape
     dev, dt = shifted.device, shifted.dtype
-    levels, _, bounds = poisson_binomial_pmf_tree(shifted, K, clean=True)
-    counts = kk.view(1, B, 1).expand(S, B, 1).clone()
-    b_idx = torch.arange(B, device=dev).view(1, B, 1)
-    n_idx = torch.arange(levels[0].shape[1], device=dev).view(1, 1, -1)
+    levels, _, _ = poisson_binomial_pmf_tree(shifted, K, clean=True)
+    counts = kk.to(torch.int32).view(1, B, 1).expand(S, B, 1)
     tiny = torch.finfo(dt).tiny
     for level in range(len(levels) - 2, -1, -1):
         pmf = levels[level]  # (B, 2 * nodes, L)
-        lo, hi = bounds[level]
         a, b = pmf[:, 0::2], pmf[:, 1::2]  # (B, nodes, L)
-        lo_a, lo_b, hi_a, hi_b = lo[:, 0::2], lo[:, 1::2], hi[:, 0::2], hi[:, 1::2]
         nodes, L = a.shape[1], a.shape[2]
         m = counts  # (S, B, nodes)
         if L == 2:
             # Leaves: only m == 1 is random; A gets the item w.p. a1 b0 / (a1 b0 + a0 b1).
+            # ja = (m + [u < q]) // 2 gives 0, [u < q], 1 for m = 0, 1, 2.
             pa = a[..., 1] * b[..., 0]
             pb = a[..., 0] * b[..., 1]
             q = pa / (pa + pb).clamp_min(tiny)
             u = torch.rand(S, B, nodes, dtype=dt, device=dev, generator=generator)
-            ja = torch.where(m == 1, (u < q).to(torch.int64), m // 2)
+            ja = (m + (u < q).to(torch.int32)) >> 1
         else:
             # win[s, j] = b[(2L - 2 - s) - j] (zero outside 0..L-1): the reversed, padded
             # b seen through sliding windows, a view. Row s = 2L - 2 - m holds b[m - j].
             win = torch.nn.functional.pad(b.flip(-1), (L - 1, L - 1)).unfold(-1, L, 1)
-            row = (2 * L - 2 - m).clamp(0, 2 * L - 2)  # (S, B, nodes)
+            row = (2 * L - 2) - m  # (S, B, nodes), m <= 2L - 2 always
             if 2 * L - 1 <= 2 * S:
-                # Few counts: tabulate the split CDF once per node, shared by all samples.
+                # Few counts: tabulate the split CDF once per node, shared by all samples,
+                # then read rows by one flat index_select.
                 table = (a.unsqueeze(-2) * win).cumsum(-1)  # (B, nodes, 2L - 1, L)
-                cdf = table[b_idx, n_idx[:, :, :nodes], row]
+                flat = table.reshape(-1, L)
+                base = (
+                    torch.arange(B, device=dev, dtype=torch.int32).view(1, B, 1) * nodes
+                    + torch.arange(nodes, device=dev, dtype=torch.int32).view(1, 1, nodes)
+                ) * (2 * L - 1)
+                cdf = flat.index_select(0, (base + row).reshape(-1)).view(S, B, nodes, L)
             else:
-                cdf = (a.unsqueeze(0) * win[b_idx, n_idx[:, :, :nodes], row]).cumsum(-1)
-            u = torch.rand(S, B, nodes, 1, dtype=dt, device=dev, generator=generator)
-            ja = (cdf <= u * cdf[..., -1:]).sum(-1)
-        # Keep the split feasible whatever round-off did (a no-op for a valid draw).
-        lo_int = torch.maximum(lo_a.unsqueeze(0), m - hi_b.unsqueeze(0))
-        hi_int = torch.minimum(hi_a.unsqueeze(0), m - lo_b.unsqueeze(0))
-        ja = torch.minimum(torch.maximum(ja, lo_int), hi_int)
+                b_idx = torch.arange(B, device=dev).view(1, B, 1)
+                n_idx = torch.arange(nodes, device=dev).view(1, 1, nodes)
+                cdf = (a.unsqueeze(0) * win[b_idx, n_idx, row.long()]).cumsum(-1)
+            u = 1 - torch.rand(S, B, nodes, 1, dtype=dt, device=dev, generator=generator)
+            ja = (cdf < u * cdf[..., -1:]).sum(-1, dtype=torch.int32)
         counts = torch.stack([ja, m - ja], dim=-1).flatten(-2)
     return counts[..., :n].to(dt)
