@@ -14,7 +14,9 @@ from torch.distributions.utils import lazy_property
 from .constraints import KHot
 from .poisson_binomial import (
     METHODS,
+    EntropyFunction,
     Layout,
+    LogNormalizerFunction,
     Method,
     check_k,
     check_logits,
@@ -156,12 +158,24 @@ class KSubsetPolicy(Distribution):
 
     @lazy_property
     def _log_z64(self) -> Tensor:
-        """:math:`\\log e_k` in float64 (large terms summed exactly), with graph if needed."""
+        """:math:`\\log e_k` in float64 (large terms summed exactly), differentiable if needed.
+
+        With grad: one forward+backward of the normalizer (:class:`LogNormalizerFunction`),
+        which also caches the marginals. Without: a forward pass only.
+        """
         if self.logits.requires_grad and torch.is_grad_enabled():
-            return log_normalizer_2d(self._flat, self._layout, self.method).reshape(
-                self.batch_shape
-            )
-        return self._detached[0]
+            log_z, pi = LogNormalizerFunction.apply(self._flat, self._layout, self.method)
+            if "_detached" not in self.__dict__:
+                self.__dict__["_detached"] = (
+                    log_z.detach().reshape(self.batch_shape),
+                    pi.reshape(self.logits.shape),
+                )
+            return log_z.reshape(self.batch_shape)
+        if "_detached" in self.__dict__:
+            return self._detached[0]
+        with torch.no_grad():
+            out = log_normalizer_2d(self._flat.detach(), self._layout, self.method)
+        return out.reshape(self.batch_shape)
 
     @lazy_property
     def log_normalizer(self) -> Tensor:
@@ -183,12 +197,8 @@ class KSubsetPolicy(Distribution):
         """
         if not (self.logits.requires_grad and torch.is_grad_enabled()):
             return self._detached[1]
-        log_z = self._log_z64
-        if not log_z.requires_grad or self.logits.numel() == 0:  # cached under no_grad
-            _, pi = marginals_2d(self._flat, self._layout, self.method, create_graph=True)
-            return pi.reshape(self.logits.shape)
-        (pi,) = torch.autograd.grad(log_z.sum(), self.logits, create_graph=True, retain_graph=True)
-        return pi + (pi.clamp(0, 1) - pi).detach()
+        _, pi = marginals_2d(self._flat, self._layout, self.method, create_graph=True)
+        return pi.reshape(self.logits.shape)
 
     @property
     def mean(self) -> Tensor:
@@ -251,11 +261,18 @@ class KSubsetPolicy(Distribution):
         r""":math:`H = \log e_k(\exp l) - \sum_i \pi_i l_i` (masked items contribute 0).
 
         Summed in float64 (the two terms can be large and nearly equal), clipped at 0 by value.
+        Its gradient :math:`-\operatorname{Cov}(z)\,l` is computed only when backpropagated
+        with a nonzero weight (see :class:`~subset_rl.poisson_binomial.EntropyFunction`).
         """
-        safe = torch.where(torch.isfinite(self.logits), self.logits, torch.zeros_like(self.logits))
-        h = self._log_z64 - (self.marginals.double() * safe.double()).sum(-1)
-        h = h + (h.clamp_min(0) - h).detach()
-        return h.to(self.logits.dtype)
+        if not (self.logits.requires_grad and torch.is_grad_enabled()):
+            return self.entropy_value()
+        self._log_z64  # noqa: B018  (fills the shared (log_z, pi) cache)
+        log_z, pi = self._detached
+        rows, n = self.batch_shape.numel(), self.event_shape[0]
+        h = EntropyFunction.apply(
+            self._flat, log_z.reshape(rows), pi.reshape(rows, n), self._layout, self.method
+        )
+        return h.reshape(self.batch_shape).to(self.logits.dtype)
 
     def entropy_value(self) -> Tensor:
         """The entropy without its gradient, from the normalizer and marginals' shared pass.

@@ -203,7 +203,7 @@ def make_layout(logits: Tensor, k: int) -> Layout:
     kk = kk.clamp_min(0)
     K = min(k, n - k)
     x = torch.where(finite & flip.unsqueeze(-1), -x, x)
-    shift = _centering_shift(x.double(), kk, finite)
+    shift = _centering_shift(x.double(), kk, finite, K)
     return Layout(finite, flip, kk, K, shift, feasible)
 
 
@@ -218,7 +218,7 @@ def _apply_shift(x: Tensor, shift: Tensor) -> Tensor:
     return value + (safe - safe.detach())
 
 
-def _centering_shift(x: Tensor, kk: Tensor, finite: Tensor) -> Tensor:
+def _centering_shift(x: Tensor, kk: Tensor, finite: Tensor, K: int | None = None) -> Tensor:
     r"""Detached ``c`` per row with :math:`S(c) = \sum_i \sigma(x_i + c) \approx k` (``kk``).
 
     A bracket from order statistics (:math:`s_1 \ge s_2 \ge \dots` the sorted finite logits,
@@ -243,7 +243,10 @@ def _centering_shift(x: Tensor, kk: Tensor, finite: Tensor) -> Tensor:
     dt = x.dtype
     if n == 0 or B == 0:
         return torch.zeros(B, 1, dtype=dt, device=x.device)
-    s = torch.sort(x, dim=-1, descending=True).values  # -inf (masked) last
+    # The ranks 1..2k are all that is read: a top-2K instead of a full sort (K >= every kk).
+    width = n if K is None else min(n, max(2 * K, 1))
+    s = torch.topk(x, width, dim=-1).values  # descending, -inf (masked) last
+    n = width
     m = finite.sum(-1, keepdim=True)
     k1 = kk.unsqueeze(-1)
     idx_a = (k1 - 1).clamp(0, n - 1)
@@ -303,7 +306,8 @@ def centering_shift(logits: Tensor, k: int) -> Tensor:
     m = finite.sum(-1)
     flip = 2 * kk > m
     xo = torch.where(finite & flip.unsqueeze(-1), -x, x)
-    c = _centering_shift(xo.double(), torch.where(flip, (m - kk).clamp_min(0), kk), finite)
+    kk2 = torch.where(flip, (m - kk).clamp_min(0), kk)
+    c = _centering_shift(xo.double(), kk2, finite, min(k, x.shape[-1] - k))
     return torch.where(flip.unsqueeze(-1), -c, c).to(x.dtype)
 
 
@@ -582,6 +586,64 @@ def marginals_2d(
     return log_z, pi
 
 
+class LogNormalizerFunction(torch.autograd.Function):
+    r"""``(log_z, pi)`` of ``(B, n)`` logits from one pass, with :math:`\nabla \log e_k = \pi`.
+
+    The forward runs the normalizer and its gradient once without keeping a graph (so a
+    ``log_prob`` costs one forward and one backward of the normalizer, and the marginals come
+    for free); the backward is ``g * pi``. Under ``create_graph`` (second derivatives, e.g.
+    TRPO's Fisher-vector products) the backward recomputes ``pi`` with its graph, so higher
+    derivatives stay exact. ``pi`` is returned non-differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, layout: Layout, method: str) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        log_z, pi = marginals_2d(logits.detach(), layout, method, create_graph=False)
+        ctx.layout, ctx.method = layout, method
+        ctx.save_for_backward(logits, pi)
+        ctx.mark_non_differentiable(pi)
+        return log_z, pi
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _g_pi: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        logits, pi = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: pi as a function of the logits
+            _, pi = marginals_2d(logits, ctx.layout, ctx.method, create_graph=True)
+        return (g.unsqueeze(-1) * pi).to(logits.dtype), None, None
+
+
+class EntropyFunction(torch.autograd.Function):
+    r"""Entropy :math:`H = \log e_k - \sum_i \pi_i l_i` from a precomputed ``(log_z, pi)``.
+
+    The gradient :math:`\nabla H = -\operatorname{Cov}(z)\, l` (a Hessian-vector product of
+    :math:`\log e_k`) is computed in the backward only, and skipped when the incoming gradient
+    is zero (PPO's ``ent_coef = 0``: the entropy is in the loss with weight 0).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, logits: Tensor, log_z: Tensor, pi: Tensor, layout: Layout, method: str
+    ) -> Tensor:
+        safe = torch.where(layout.finite, logits, torch.zeros_like(logits)).double()
+        h = log_z - (pi.double() * safe).sum(-1)
+        ctx.layout, ctx.method = layout, method
+        ctx.save_for_backward(logits)
+        return h.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, None, None, None]:  # type: ignore[override]
+        (logits,) = ctx.saved_tensors
+        if not bool(g.any()):
+            return torch.zeros_like(logits), None, None, None, None
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            leaf = logits if create_graph else logits.detach().requires_grad_(True)
+            _, pi = marginals_2d(leaf, ctx.layout, ctx.method, create_graph=True)
+            v = torch.where(ctx.layout.finite, leaf, torch.zeros_like(leaf)).detach()
+            (cov_l,) = torch.autograd.grad((pi * v).sum(), leaf, create_graph=create_graph)
+        return (-g.unsqueeze(-1) * cov_l).to(logits.dtype), None, None, None, None
+
+
 def _flatten(logits: Tensor, k: object, method: object, methods: tuple[str, ...]) -> Tensor:
     logits = _check_tensor(logits)
     check_k(k, logits.shape[-1])
@@ -643,7 +705,7 @@ def marginals(logits: Tensor, k: int, method: Method = "auto") -> Tensor:
 # Exact sampler
 # --------------------------------------------------------------------------------------------
 #: ``sampler="auto"`` draws by rejection while ``trials * samples * rows * n`` stays below this.
-_REJECTIVE_MAX_WORK = 1_000_000
+_REJECTIVE_MAX_WORK = 300_000
 
 
 def _rejective_trials(n: int, k: int) -> int:
