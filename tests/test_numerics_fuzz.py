@@ -120,6 +120,15 @@ def test_fuzz_against_float64_dp(seed, device):
         _check_case(x, k, dtype, method, device, seed)
 
 
+def test_fuzz_with_the_gpu_shift_schedule(device, monkeypatch):
+    """Off the CPU the shift checks convergence every few steps only: same results."""
+    import subset_rl.poisson_binomial as pb
+
+    monkeypatch.setattr(pb, "_SHIFT_CHECK_EVERY_CPU", pb._SHIFT_CHECK_EVERY)
+    for x, k, dtype, method in _cases(99, count=40, n_max=24, rows=6):
+        _check_case(x, k, dtype, method, device, 99)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(20))
 def test_fuzz_large(seed, device):
