@@ -47,6 +47,23 @@ and the tree otherwise, by a data-independent work estimate (no device synchroni
 Marginals (inclusion probabilities) are :math:`\pi = \nabla_l \log e_k`, obtained by automatic
 differentiation of the normalizer (so they are themselves differentiable, as SIMPLE needs).
 
+Robustness (any finite logits, any ``0 <= k <= m`` with ``m`` available items):
+
+* rows with ``2k > m`` use the complement :math:`e_k(w) = \prod_i w_i\, e_{m-k}(1/w)` (negated
+  logits, ``m - k`` chosen), so no row ever works above degree ``min(k, n - k)``;
+* the shift is bracketed by order statistics of the logits and found by safeguarded Newton steps
+  (:func:`_centering_shift`) in float64, so soft masks (``-1e8``) and clusters thousands apart
+  cost nothing, and is added to the logits in float64 before one rounding;
+* the large parts of :math:`\log e_k` (the leaves' log-scales, the complement's
+  :math:`\prod w`, :math:`k c`) are summed in float64 as :math:`\sum_{L} l_i + (|P| - k) c`,
+  never adding ``c`` to a logit, so nothing cancels;
+* float16/bfloat16 run in float32; the DFT always runs in float64.
+
+:class:`LogNormalizerFunction` computes :math:`\log e_k` and :math:`\pi` in one pass (one
+forward and one backward of the normalizer) for ``log_prob``; :class:`EntropyFunction` computes
+the entropy's gradient :math:`-\operatorname{Cov}(z)\, l` only when it is backpropagated with a
+nonzero weight.
+
 References:
     * S. X. Chen, A. P. Dempster, J. S. Liu. Weighted finite population sampling to maximize
       entropy. Biometrika 81(3), 1994 (conditional Poisson sampling).
@@ -67,12 +84,16 @@ from torch import Tensor
 
 __all__ = [
     "METHODS",
-    "Method",
     "SAMPLE_METHODS",
+    "EntropyFunction",
+    "Layout",
+    "LogNormalizerFunction",
+    "Method",
     "centering_shift",
     "check_k",
     "check_logits",
     "log_normalizer",
+    "make_layout",
     "marginals",
     "poisson_binomial_pmf_tree",
     "sample_conditional_poisson",
@@ -505,10 +526,14 @@ def _auto_method(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.de
 def log_normalizer_2d(logits: Tensor, layout: Layout, method: str) -> Tensor:
     r"""``log e_k(exp(logits))`` for ``(B, n)`` logits, as a float64 ``(B,)`` tensor.
 
-    Large terms are summed in float64: :math:`\log e_k = [\sum_{flip} l] + \log
-    \mathrm{coef} + \sum_i x_i^+ - k c` (tree) or :math:`\log \mathrm{PB}_k + \sum_i
-    \operatorname{softplus}(x_i) - k c` (DFT), so a shift or logits in the thousands cost no
-    float32 digits. Differentiable; infeasible rows give ``-inf``.
+    With :math:`x` the (possibly negated) shifted logits and :math:`P = \{i: x_i > 0\}`:
+    :math:`\log e_k = \log \mathrm{coef}_k + \text{node scales} + \sum_{L} l_i + (|P| - k)c`
+    (tree; :math:`L = P` on plain rows and the available items outside :math:`P` on complemented
+    rows) or the same with :math:`\log \mathrm{PB}_k + \sum_i \log(1 + e^{-|x_i|})` (DFT).
+    The large terms are summed in float64 without adding ``c`` to any logit, so logits in the
+    thousands or a shift of ``1e8`` cost no digits. The value is exact; the gradient flows
+    through the differentiable parts (the complement's :math:`\sum l` enters as
+    ``s - s.detach()``). Infeasible rows give ``-inf``.
     """
     B, n = logits.shape
     finite, flip, kk, K, c, feasible = layout
