@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo tour test test-slow test-all lint bench clean
+.PHONY: install demo tour test test-slow test-all lint bench bench-distribution bench-rl \
+	gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,8 +33,19 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+# Timings (never in tests): see benchmarks/README.md. `make bench-rl` re-runs the RL tables alone.
+bench: bench-distribution bench-rl
+
+bench-distribution: $(STAMP)
 	$(BIN)/python benchmarks/bench_distribution.py
+
+bench-rl: $(STAMP)
+	$(BIN)/python benchmarks/bench_rl.py --profile
+
+# On a machine with a GPU: tests, benchmarks and a short SFESS run on CUDA, into one results
+# file ($$OUT/gpu_check_results.txt or runs/gpu_check_results.txt); see benchmarks/gpu_check.sh.
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
