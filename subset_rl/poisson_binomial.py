@@ -345,14 +345,15 @@ def centering_shift(logits: Tensor, k: int) -> Tensor:
 def _polymul_direct(a: Tensor, b: Tensor, length: int) -> Tensor:
     """Coefficients ``[0, length)`` of ``a * b`` along the last dim (equal short lengths ``L``).
 
-    A sum of ``L`` shifted copies of ``b``: exact up to rounding and non-negative for pmfs.
+    ``out[j] = sum_i a[i] b[j - i]`` as ``L`` shifted slices of one zero-padded ``b``: exact up
+    to rounding and non-negative for pmfs.
     """
     L = a.shape[-1]
-    pad = torch.nn.functional.pad
-    out = pad(a[..., :1] * b, (0, L - 1))
+    bp = torch.nn.functional.pad(b, (L - 1, L - 1))  # bp[t + L - 1] = b[t]
+    out = a[..., :1] * bp[..., L - 1 : L - 1 + length]
     for i in range(1, L):
-        out = out + pad(a[..., i : i + 1] * b, (i, L - 1 - i))
-    return out[..., :length]
+        out = out + a[..., i : i + 1] * bp[..., L - 1 - i : L - 1 - i + length]
+    return out
 
 
 def _polymul_fft(a: Tensor, b: Tensor, length: int) -> Tensor:
@@ -557,17 +558,13 @@ def log_normalizer_2d(logits: Tensor, layout: Layout, method: str) -> Tensor:
         if method == "auto":
             method = _auto_method(B, n, K, x.dtype, x.device)
         xs = _apply_shift(x, c)
-        c64 = c
         # The leaves' log-scales max(xs, 0) together with the complement's prod(w), summed
         # without ever adding c to a logit (which would round the logit away when |c| is
         # large): with P = {xs > 0}, plain rows give sum_P (l + c) and complemented rows
         # sum_{not P} l + |P| c (there l + max(c - l, 0) = c on P). Both are
         # sum_L l + (|P| - kk) c, and the count difference is 0 for a centred shift.
         l64 = safe.detach().double()
-        pos = (xs.detach() > 0) & finite
-        take_l = torch.where(flip_col, finite & ~pos, pos)
-        base = torch.where(take_l, l64, torch.zeros_like(l64)).sum(-1)
-        base = base + (pos.sum(-1) - kk).double() * c64.squeeze(-1)
+        base = _base_terms(l64, xs, layout)
         if method == "tree":
             # Leaves carry their own log-scale max(xs, 0) in ``base``; the tree accumulates only
             # its node normalisations (so no huge log-scales are added and subtracted again).
@@ -596,6 +593,108 @@ def log_normalizer_2d(logits: Tensor, layout: Layout, method: str) -> Tensor:
     return torch.where(feasible, out, torch.full_like(out, -math.inf))
 
 
+def _base_terms(l64: Tensor, xs: Tensor, layout: Layout) -> Tensor:
+    """``sum_L l + (|P| - kk) c`` in float64 (see :func:`log_normalizer_2d`), no gradient."""
+    finite, flip, kk = layout.finite, layout.flip, layout.kk
+    pos = (xs.detach() > 0) & finite
+    take_l = torch.where(flip.unsqueeze(-1), finite & ~pos, pos)
+    base = torch.where(take_l, l64, torch.zeros_like(l64)).sum(-1)
+    return base + (pos.sum(-1) - kk).double() * layout.shift.squeeze(-1)
+
+
+def _correlate(g: Tensor, b: Tensor, L: int) -> Tensor:
+    """``out[i] = sum_m g[m] b[m - i]`` for ``i < L`` (``g`` of length ``<= 2L - 1``)."""
+    length = g.shape[-1]
+    if L <= _DIRECT_MAX_LEN:
+        gp = torch.nn.functional.pad(g, (0, 2 * L - 1 - length))
+        out = b[..., :1] * gp[..., :L]
+        for s_ in range(1, L):
+            out = out + b[..., s_ : s_ + 1] * gp[..., s_ : s_ + L]
+        return out
+    nfft = 1 << (2 * L - 2).bit_length()
+    fg = torch.fft.rfft(g, n=nfft)
+    fb = torch.fft.rfft(b, n=nfft)
+    return torch.fft.irfft(fg * fb.conj(), n=nfft)[..., :L]
+
+
+@torch.no_grad()
+def _tree_log_coef_and_grad(xs: Tensor, kk: Tensor, K: int) -> tuple[Tensor, Tensor]:
+    r"""``log coef_kk + node scales`` (float64) and its gradient w.r.t. ``xs``, no autograd.
+
+    The forward is :func:`poisson_binomial_pmf_tree`'s; the backward is its outside pass written
+    out: a node ``y = mask * (a * b)[:len] / top`` (``top`` constant) sends
+    :math:`G_a[i] = \sum_m G_p[m]\, b[m - i]` and :math:`G_b[i] = \sum_m G_p[m]\, a[m - i]`
+    (:math:`G_p = G_y \cdot mask / top`) to its children, by direct sums for short and FFT
+    correlations for long polynomials; at a leaf ``[e^{-pos}, e^{x - pos}]`` the gradient is
+    ``G[1] * e^{x - pos}``. Same numbers as autograd through the tree, a fraction of the ops.
+    """
+    B, n = xs.shape
+    N = 1 << max(0, (n - 1).bit_length())
+    x = torch.nn.functional.pad(xs, (0, N - n), value=-math.inf) if N > n else xs
+    pos = x.clamp_min(0)
+    node = torch.stack([torch.exp(-pos), torch.exp(x - pos)], dim=-1)  # (B, N, 2)
+    hi = (node[..., 1] > 0).to(torch.int64)
+    lo = (node[..., 0] == 0).to(torch.int64)
+    tiny = torch.finfo(x.dtype).tiny
+    scale = torch.zeros(B, 1, dtype=torch.float64, device=x.device)
+    saved = []  # (a, b, mask or None, top) per level
+    while node.shape[1] > 1:
+        a, b = node[:, 0::2], node[:, 1::2]
+        L = a.shape[-1]
+        length = min(2 * L - 1, K + 1)
+        lo = lo[:, 0::2] + lo[:, 1::2]
+        hi = hi[:, 0::2] + hi[:, 1::2]
+        if L <= _DIRECT_MAX_LEN:
+            y = _polymul_direct(a, b, length)
+            mask = None
+        else:
+            y = _polymul_fft(a, b, length)
+            idx = torch.arange(length, device=x.device)
+            mask = (idx >= lo.unsqueeze(-1)) & (idx <= hi.unsqueeze(-1))
+            y = y * mask
+        top = y.amax(-1, keepdim=True).clamp_min(tiny)
+        node = y / top
+        scale = scale + top.double().log().sum(-2)
+        saved.append((a, b, mask, top))
+    root = node[:, 0, :]
+    coef = root.gather(-1, kk.unsqueeze(-1)).squeeze(-1)
+    ok = coef > 0
+    safe_coef = torch.where(ok, coef, torch.ones_like(coef))
+    log_coef = torch.log(safe_coef).double() + scale.squeeze(-1)
+    g = torch.zeros_like(root).scatter(-1, kk.unsqueeze(-1), (1 / safe_coef).unsqueeze(-1))
+    g = (g * ok.unsqueeze(-1)).unsqueeze(1)  # (B, 1, L_root)
+    for a, b, mask, top in reversed(saved):
+        gp = g / top
+        if mask is not None:
+            gp = gp * mask
+        L = a.shape[-1]
+        ga = _correlate(gp, b, L)
+        gb = _correlate(gp, a, L)
+        g = torch.stack([ga, gb], dim=2).flatten(1, 2)  # children interleaved: (B, 2 nodes, L)
+    leaf1 = torch.exp(x - pos)
+    grad = (g[..., 1] * leaf1)[:, :n]
+    return log_coef, grad
+
+
+def _tree_marginals(logits: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
+    """``(log_z, pi)`` by the tree with its hand-written backward (no graph, no autograd)."""
+    finite, flip, kk, K, c, feasible = layout
+    with torch.no_grad():
+        x = _oriented(logits, layout)
+        xs = _apply_shift(x, c)
+        l64 = torch.where(finite, logits, torch.zeros_like(logits)).double()
+        log_coef, grad = _tree_log_coef_and_grad(xs, kk, K)
+        all_l = torch.where(flip, l64.sum(-1), 0.0)
+        body = log_coef + _base_terms(l64, xs, layout)
+        log_z = torch.where(kk > 0, body, all_l)
+        log_z = torch.where(feasible, log_z, torch.full_like(log_z, -math.inf))
+        grad = torch.where((kk > 0).unsqueeze(-1), grad, torch.zeros_like(grad))
+        fin = finite.to(grad.dtype)
+        pi = torch.where(flip.unsqueeze(-1), fin - grad, grad)
+        pi = torch.where(feasible.unsqueeze(-1), pi, torch.zeros_like(pi))
+        return log_z, pi.clamp(0, 1).to(logits.dtype)
+
+
 def marginals_2d(
     logits: Tensor, layout: Layout, method: str, create_graph: bool
 ) -> tuple[Tensor, Tensor]:
@@ -605,6 +704,11 @@ def marginals_2d(
     both results are detached. ``pi`` is clipped to ``[0, 1]`` by value only (the gradient
     passes unchanged), in the dtype of ``logits``.
     """
+    B, n = logits.shape
+    if method == "auto" and layout.K > 0 and B > 0:
+        method = _auto_method(B, n, layout.K, compute_dtype(logits.dtype), logits.device)
+    if not create_graph and method == "tree" and layout.K > 0 and B > 0:
+        return _tree_marginals(logits.detach(), layout)
     with torch.enable_grad():
         leaf = logits if create_graph else logits.detach().requires_grad_(True)
         log_z = log_normalizer_2d(leaf, layout, method)
