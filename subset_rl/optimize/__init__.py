@@ -15,6 +15,7 @@ Example:
 """
 
 from .api import optimize
+from .executors import ProcessPool
 from .methods import METHODS, fit_logits, greedy_evaluations
 from .objectives import (
     DOptimalDesign,
@@ -33,6 +34,7 @@ __all__ = [
     "METHODS",
     "OptimizeResult",
     "OptimizeState",
+    "ProcessPool",
     "SensorPlacementReward",
     "WeightedCoverage",
     "brute_force",

@@ -2,7 +2,9 @@ r""":func:`optimize`: choose ``k`` of ``n`` items to maximize (or minimize) a bl
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -12,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .evaluation import Callback, Evaluator
-from .executors import describe_executor, make_backend, validate_executor
+from .evaluation import Callback, Evaluator, Journal
+from .executors import ProcessPool, describe_executor, make_backend, validate_executor
 from .methods import METHODS, Run
 from .result import EvaluationError, OptimizeResult
 
@@ -56,10 +58,13 @@ def optimize(
     callback: Callback | None = None,
     progress: bool = True,
     maximize: bool = True,
-    executor: str | Executor | None = None,
+    executor: str | Executor | ProcessPool | None = None,
     workers: int | None = None,
     on_error: str = "raise",
     options: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    retries: int = 2,
+    journal: str | os.PathLike[str] | None = None,
 ) -> OptimizeResult:
     r"""Searches for the ``k``-subset of ``n`` items with the best value of a black-box ``f``.
 
@@ -97,26 +102,52 @@ def optimize(
         progress: Show a tqdm progress bar of the evaluations.
         maximize: Maximize ``f`` (default) or minimize it.
         executor: Where ``f`` runs: ``None`` (this process); ``"process"`` (local worker
-            processes; ``f`` must be picklable); ``"ray"`` (Ray tasks; uses a running Ray
-            instance or starts a local one, shut down at the end); a Ray address (``"auto"``,
-            ``"ray://host:10001"``); or any :class:`concurrent.futures.Executor`.
+            processes, started for this call; ``f`` must be picklable); a
+            :class:`~subset_rl.optimize.ProcessPool` (the same, kept alive across calls, so
+            their start-up is paid once); ``"ray"`` (Ray tasks; uses a running Ray instance or
+            starts a local one, shut down at the end); the address of a running Ray cluster
+            (``"auto"``, ``"host:6379"``, ``"ray://host:10001"``); or any
+            :class:`concurrent.futures.Executor` (which can neither stop a call nor replace a
+            dead worker).
         workers: Number of worker processes / parallel tasks (default: the CPU count).
         on_error: What a failing subset does. ``"raise"`` (default): the run stops with an
             :class:`~subset_rl.optimize.EvaluationError` naming the subset once the request
             holding it has finished; ``error.result`` holds every completed evaluation.
             ``"skip"``: the failure is recorded (``result.history.errors``, ``n_failed``), never
             retried, treated as the worst value by the method, and a warning is issued at the
-            end.
+            end. Besides an exception or a non-finite value, a failure is a value that is not
+            a real number (a bool, a string, an array of size other than 1), a worker process
+            that died while evaluating the subset (after ``retries``), or a ``timeout``.
         options: Method options, e.g. ``{"lr": 0.05}`` for SFESS (see the methods module).
+        timeout: Seconds one call of ``f`` (one subset, or one batch when batched) may run
+            with ``executor="process"``, a :class:`~subset_rl.optimize.ProcessPool` or Ray; a
+            call running longer is stopped (its worker process killed, then replaced) and its
+            subsets fail with ``"timed out"``. On Ray the clock starts at the task's
+            submission. Not available in this process (``executor=None``) nor with a
+            :class:`concurrent.futures.Executor`: a call there cannot be stopped from the
+            outside, so a ``timeout`` raises ``ValueError``. ``None``: no limit.
+        retries: How often a subset whose evaluation killed its worker process (``os._exit``,
+            a segfault, the OOM killer; Ray's ``WorkerCrashedError``) is tried again, each time
+            in a fresh worker, before it counts as a failure (default 2).
+        journal: A file (JSON lines, see :class:`~subset_rl.optimize.evaluation.Journal`) where
+            each evaluation is appended and flushed to disk as it completes. If it exists, its
+            evaluations are replayed instead of calling ``f``: a run killed at any moment and
+            started again with the same arguments resumes where it stopped, and never calls
+            ``f`` again on a journaled subset (with the same seed the replayed run takes the
+            same path, so the result equals an uninterrupted run's).
 
     Returns:
         An :class:`~subset_rl.optimize.OptimizeResult`: best subset and value (a real
         evaluation), history, marginals (SFESS, CEM), wall time and why the run stopped.
+        ``KeyboardInterrupt`` (Ctrl-C, or raised inside ``f``) does not propagate: the run
+        stops and the result of the evaluations completed until then is returned, with
+        ``result.interrupted`` set, a ``message`` saying so and a warning.
 
     Raises:
         TypeError: An argument of the wrong type (``f`` not callable, ``n`` not an int, unknown
             option, an objective that cannot be pickled for ``executor="process"``).
-        ValueError: An argument out of range (``k > n``, ``budget < 1``, unknown method, ...).
+        ValueError: An argument out of range (``k > n``, ``budget < 1``, unknown method, a
+            ``timeout`` in this process, a damaged journal or one written for another ``n``).
         EvaluationError: ``f`` failed on a subset and ``on_error="raise"``.
         ImportError: ``executor="ray"`` without ray installed.
 
@@ -163,6 +194,21 @@ def optimize(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: found {device!r} but CUDA is not available")
     validate_executor(executor)
+    retries = _check_int("retries", retries, 0)
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+            raise TypeError(f"timeout: expected a number of seconds or None, found {timeout!r}")
+        timeout = float(timeout)
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout: expected a finite number of seconds > 0, found {timeout}")
+        if executor in (None, "serial") or isinstance(executor, Executor):
+            raise ValueError(
+                "timeout: a call of f in this process or on a concurrent.futures executor "
+                "cannot be stopped; use executor='process', a ProcessPool or Ray, found "
+                f"executor={describe_executor(executor)!r}"
+            )
+    if journal is not None and not isinstance(journal, str | os.PathLike):
+        raise TypeError(f"journal: expected a path or None, found {type(journal).__name__}")
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**63))
     else:
@@ -170,9 +216,22 @@ def optimize(
 
     generator = torch.Generator(device=dev)
     generator.manual_seed(seed)
-    backend = make_backend(
-        executor, f, batched=batched, device=str(dev), workers=workers, chunk=batch
-    )
+    log = Journal(journal, n, k) if journal is not None else None
+    try:
+        backend = make_backend(
+            executor,
+            f,
+            batched=batched,
+            device=str(dev),
+            workers=workers,
+            chunk=batch,
+            timeout=timeout,
+            retries=retries,
+        )
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
     ev = Evaluator(
         backend,
         n,
@@ -184,6 +243,7 @@ def optimize(
         progress=progress,
         method=method,
         objective_name=_objective_name(f),
+        journal=log,
     )
     run = Run(
         ev=ev,
@@ -200,6 +260,8 @@ def optimize(
     def result(marginals: np.ndarray | None) -> OptimizeResult:
         parts = [ev.stop_reason or "stopped"]
         parts += [note for note in run.notes if note != ev.stop_reason]
+        if ev.n_replayed:
+            parts.append(f"{ev.n_replayed} evaluations replayed from the journal {journal}")
         return ev.result(
             method=method,
             message="; ".join(parts),
@@ -214,9 +276,20 @@ def optimize(
     except EvaluationError as err:
         err.result = result(None)
         raise
+    except KeyboardInterrupt:
+        ev.interrupted = True
+        ev.stop(f"interrupted (KeyboardInterrupt) after {ev.n_evaluations} evaluations")
+        marginals = None
     finally:
         ev.close()
     out = result(marginals)
+    if out.interrupted:
+        warnings.warn(
+            f"optimize was interrupted (KeyboardInterrupt); returning the {out.n_evaluations} "
+            "evaluations completed until then (result.interrupted is True)",
+            UserWarning,
+            stacklevel=2,
+        )
     if out.n_failed:
         first = min(out.history.errors)
         warnings.warn(

@@ -7,19 +7,23 @@ objective's value, negated when minimizing), so every method simply maximizes.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
-from .executors import Backend
+from .executors import Backend, Outcome
 from .result import EvaluationError, History, OptimizeResult, OptimizeState, k_hot
 
 __all__ = [
     "Evaluator",
+    "Journal",
     "Request",
     "STALL_ROUNDS",
 ]
@@ -51,6 +55,104 @@ class Request:
         return bool(self.evaluated.all())
 
 
+_HEADER = "subset_rl.optimize journal"
+
+
+class Journal:
+    """An append-only record of evaluations, one JSON object per line, to resume a killed run.
+
+    The first line is a header, ``{"subset_rl.optimize journal": 1, "n": n, "k": k}``; each
+    further line is one evaluation, ``{"subset": [2, 5, 7], "value": 0.25, "error": null}``
+    (``value`` in the objective's own sign, ``null`` for a failure, whose ``error`` says what
+    went wrong). Lines are appended as evaluations complete and flushed to disk (``fsync``)
+    before the run goes on, so a run killed at any moment loses at most the evaluations in
+    flight. Opening an existing journal reads its evaluations back; a last line cut short by
+    the kill (no newline, or not valid JSON) is dropped and cut off the file.
+
+    Args:
+        path: The journal file (created with its parent folders if missing).
+        n: Number of items; must match the journal's header.
+        k: Subset size (recorded in the header, not checked).
+
+    Raises:
+        ValueError: the file is not a journal, was written for another ``n``, or a line other
+            than the last is not a valid entry.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], n: int, k: int) -> None:
+        self.path = Path(path)
+        self.entries: dict[tuple[int, ...], tuple[float, str | None]] = {}
+        if self.path.is_dir():
+            raise ValueError(f"journal: {self.path} is a directory, expected a file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.path.read_bytes() if self.path.exists() else b""
+        lines = data.split(b"\n")
+        keep = len(data) - len(lines[-1])  # bytes up to the last newline
+        lines = lines[:-1]
+        parsed: list[Any] = []
+        for i, line in enumerate(lines):
+            try:
+                parsed.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                if i == len(lines) - 1:  # a cut-off last line (the kill hit mid-write)
+                    keep -= len(line) + 1
+                    break
+                raise ValueError(
+                    f"journal: {self.path} line {i + 1} is not valid JSON ({e}); only the last "
+                    "line of a journal may be damaged"
+                ) from e
+        if parsed:
+            head = parsed[0]
+            if not isinstance(head, dict) or head.get(_HEADER) != 1:
+                raise ValueError(
+                    f"journal: {self.path} is not a subset_rl.optimize journal (its first line "
+                    f"is not the header {{{_HEADER!r}: 1, ...}})"
+                )
+            if head.get("n") != n:
+                raise ValueError(
+                    f"journal: {self.path} was written for n={head.get('n')}, found n={n}"
+                )
+            for i, entry in enumerate(parsed[1:], start=2):
+                try:
+                    key = tuple(int(j) for j in entry["subset"])
+                    value = math.nan if entry["value"] is None else float(entry["value"])
+                    error = entry.get("error")
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ValueError(
+                        f"journal: {self.path} line {i} is not an evaluation "
+                        f"({type(e).__name__}: {e})"
+                    ) from e
+                self.entries[key] = (value, None if error is None else str(error))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.ftruncate(self._fd, keep)
+        os.lseek(self._fd, 0, os.SEEK_END)
+        if not parsed:
+            self._write([{_HEADER: 1, "n": n, "k": k}])
+
+    def _write(self, objects: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(o) + "\n" for o in objects).encode()
+        while data:
+            data = data[os.write(self._fd, data) :]
+        os.fsync(self._fd)
+
+    def append(self, items: list[tuple[tuple[int, ...], float, str | None]]) -> None:
+        """Appends evaluations ``(subset, value, error)`` and flushes them to disk."""
+        self._write(
+            [
+                {"subset": list(key), "value": None if error else value, "error": error}
+                for key, value, error in items
+            ]
+        )
+        for key, value, error in items:
+            self.entries[key] = (math.nan if error else value, error)
+
+    def close(self) -> None:
+        """Closes the file (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def _rows_to_keys(rows: np.ndarray) -> list[tuple[int, ...]]:
     return [tuple(np.flatnonzero(r).tolist()) for r in rows]
 
@@ -76,6 +178,8 @@ class Evaluator:
         progress: Show a tqdm progress bar.
         method: Method name (for the bar).
         objective_name: Name of the objective (for error messages).
+        journal: Evaluations to replay instead of calling the objective, and where new ones are
+            appended as they complete.
     """
 
     def __init__(
@@ -91,6 +195,7 @@ class Evaluator:
         progress: bool = True,
         method: str = "",
         objective_name: str = "objective",
+        journal: Journal | None = None,
     ) -> None:
         self.backend, self.n, self.k, self.budget = backend, n, k, budget
         self.sign = 1.0 if maximize else -1.0
@@ -114,6 +219,9 @@ class Evaluator:
         self._stall = 0
         self.stop_reason: str | None = None
         self.budget_exhausted = False
+        self.journal = journal
+        self.n_replayed = 0
+        self.interrupted = False
         self._bar: Any = None
         if progress:
             from tqdm.auto import tqdm
@@ -173,7 +281,7 @@ class Evaluator:
         failures: list[tuple[tuple[int, ...], str, Any]] = []
         if new:
             self._stall = 0
-            outcomes = self.backend.evaluate(np.stack([k_hot(key, self.n) for key in new]))
+            outcomes = self._outcomes(new)
             for key, outcome in zip(new, outcomes, strict=True):
                 self._record(key, outcome.value, outcome.error)
                 if outcome.error is not None:
@@ -212,6 +320,43 @@ class Evaluator:
         if self.callback is not None and not self.done and self.callback(state) is True:
             self.stop("stopped by the callback")
         return Request(values, evaluated, failed)
+
+    def _outcomes(self, new: list[tuple[int, ...]]) -> list[Outcome]:
+        """Outcomes of the new subsets ``new``: from the journal, else from the backend.
+
+        On ``KeyboardInterrupt`` the evaluations completed so far are recorded (in request
+        order), the run is marked interrupted, and the interrupt propagates.
+        """
+        got: dict[int, Outcome] = {}
+        todo: list[int] = []
+        entries = self.journal.entries if self.journal is not None else {}
+        for i, key in enumerate(new):
+            if key in entries:
+                value, error = entries[key]
+                got[i] = Outcome(value, error)
+                self.n_replayed += 1
+            else:
+                todo.append(i)
+        if todo:
+
+            def report(items: list[tuple[int, Outcome]]) -> None:
+                for j, outcome in items:
+                    got[todo[j]] = outcome
+                if self.journal is not None:
+                    self.journal.append([(new[todo[j]], o.value, o.error) for j, o in items])
+
+            try:
+                rows = np.stack([k_hot(new[i], self.n) for i in todo])
+                outcomes = self.backend.evaluate(rows, report)
+            except KeyboardInterrupt:
+                for i in sorted(got):
+                    self._record(new[i], got[i].value, got[i].error)
+                self.interrupted = True
+                self.stop(f"interrupted (KeyboardInterrupt) after {self.n_evaluations} evaluations")
+                raise
+            for j, outcome in zip(todo, outcomes, strict=True):
+                got[j] = outcome
+        return [got[i] for i in range(len(new))]
 
     def _record(self, key: tuple[int, ...], value: float, error: str | None) -> None:
         index = len(self._subsets)
@@ -283,11 +428,15 @@ class Evaluator:
             maximize=self.maximize,
             seed=seed,
             executor=executor,
+            interrupted=self.interrupted,
+            n_replayed=self.n_replayed,
         )
 
     def close(self) -> None:
-        """Closes the progress bar and the backend."""
+        """Closes the progress bar, the journal and the backend."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self.journal is not None:
+            self.journal.close()
         self.backend.close()

@@ -117,6 +117,10 @@ class OptimizeResult:
         maximize: Whether larger values were better.
         seed: The seed used (drawn from the OS when ``None`` was given).
         executor: Where the objective ran (``"serial"``, ``"process"``, ``"ray(...)"``, ...).
+        interrupted: Whether the run was cut short by ``KeyboardInterrupt`` (then the result
+            holds every evaluation completed until then, and ``message`` says so).
+        n_replayed: Evaluations answered from the ``journal`` of an earlier run instead of
+            calling the objective (included in ``n_evaluations`` and the history).
     """
 
     best_subset: NDArray[np.int8] | None
@@ -136,6 +140,8 @@ class OptimizeResult:
     maximize: bool
     seed: int
     executor: str = "serial"
+    interrupted: bool = False
+    n_replayed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary with the full history."""
@@ -159,6 +165,8 @@ class OptimizeResult:
             "n_failed": self.n_failed,
             "wall_time": self.wall_time,
             "message": self.message,
+            "interrupted": self.interrupted,
+            "n_replayed": self.n_replayed,
             "marginals": None if self.marginals is None else self.marginals.tolist(),
             "history": {
                 "subsets": [list(s) for s in h.subsets],
