@@ -8,9 +8,9 @@ returns ``self``; ``predict(obs, deterministic=False)`` returns ``(action, None)
 from __future__ import annotations
 
 import abc
+import json
 import math
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,15 +24,31 @@ from stable_baselines3.common.logger import HParam, Logger, configure
 from torch import Tensor, nn
 
 from subset_rl import KSubsetPolicy
+from subset_rl.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    atomic_save,
+    link_latest,
+    read_checkpoint,
+    recover_checkpoint_dir,
+    save_checkpoint,
+)
 from subset_rl.envs import SubsetObjective
 
 from .gym_objective import GymEnvObjective
-from .policies import build_policy
+from .policies import FreeLogits, IPLogits, MLPLogits, PairwiseLogits, build_policy
 
 __all__ = ["BaseAgent", "resolve_device", "resolve_objective"]
 
 Callback = Callable[["BaseAgent"], Any]
-CHECKPOINT_VERSION = 1
+
+#: The built-in policies by class, so that a checkpoint stores a name and not a pickled module.
+_POLICY_NAMES: dict[type[nn.Module], str] = {
+    MLPLogits: "mlp", FreeLogits: "free", IPLogits: "ip", PairwiseLogits: "pairwise",
+}
+_OPTIMIZER_NAMES: dict[type[torch.optim.Optimizer], str] = {
+    torch.optim.Adam: "adam", torch.optim.SGD: "sgd",
+}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -73,19 +89,11 @@ def resolve_objective(
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` to a temporary file in the same folder, ``fsync``, then rename over ``path``.
+
+    See :func:`subset_rl.checkpoint.atomic_save`.
+    """
+    atomic_save(obj, path)
 
 
 class BaseAgent(abc.ABC):
@@ -158,6 +166,9 @@ class BaseAgent(abc.ABC):
         self.policy = build_policy(
             policy, self.obs_dim, self.n, contextual, item_features
         ).to(self.device)
+        # A built-in policy is stored by name and rebuilt on load; a custom module must be
+        # passed again to load(path, policy=...).
+        self.policy_spec = _POLICY_NAMES.get(type(self.policy)) if isinstance(policy, str) else None
         self.logit_mask = self.objective.logit_mask().to(self.device)
         self.optimizer = self._make_optimizer(optimizer)
         self.num_steps = 0
@@ -273,6 +284,7 @@ class BaseAgent(abc.ABC):
         callback: Callback | None = None,
         progress_bar: bool = False,
         resume_from: str | os.PathLike | None = None,
+        trust_pickle: bool = False,
     ) -> BaseAgent:
         """Train for ``total_steps`` gradient steps.
 
@@ -282,7 +294,10 @@ class BaseAgent(abc.ABC):
             callback: called as ``callback(agent)`` after every step; returning ``False`` stops.
             progress_bar: show a tqdm progress bar.
             resume_from: a checkpoint from :meth:`save` (or the periodic ones) to continue
-                exactly: same parameters, optimizer state, RNG state and step count.
+                exactly: same parameters, optimizer state, RNG state and step count. It is read
+                with ``torch.load(weights_only=True)``: nothing in it is executed.
+            trust_pickle: allow a ``resume_from`` file that needs arbitrary unpickling (an old
+                version 1 checkpoint); only for files you trust.
 
         Returns:
             ``self``.
@@ -292,13 +307,19 @@ class BaseAgent(abc.ABC):
                 gradient norm of a step is NaN/inf (checked every step, before the update). The
                 message names the step, the timestep and the quantity; the agent keeps the
                 parameters from before that update.
+            ValueError: ``resume_from`` is refused (it holds pickled objects), truncated,
+                corrupt, not a subset_rl checkpoint, or for another agent, policy, ``n`` or
+                ``k``; the message names the file.
         """
         total_steps = _positive_int("total_steps", total_steps, minimum=0)
         if resume_from is not None:
-            self._load_state(torch.load(resume_from, map_location=self.device, weights_only=False))
+            path = Path(resume_from)
+            self._load_state(read_checkpoint(path, trust_pickle=trust_pickle), path)
             remaining = max(0, total_steps - self.num_steps)
         else:
             remaining = total_steps
+        if self.checkpoint_dir is not None:  # a previous run may have been killed mid-write
+            recover_checkpoint_dir(self.checkpoint_dir)
         self._setup_logger()
         bar = None
         if progress_bar:
@@ -312,8 +333,12 @@ class BaseAgent(abc.ABC):
                 if self.num_steps % self.log_interval == 0:
                     self._log(stats, start, start_timesteps)
                 if self.checkpoint_dir is not None and self.num_steps % self.checkpoint_freq == 0:
-                    self.save(self.checkpoint_dir / f"step_{self.num_steps}.pt")
-                    self.save(self.checkpoint_dir / "last.pt")
+                    # The step file first, then last.pt as a link to it: last.pt is never
+                    # ahead of the newest step, and recover_checkpoint_dir() repairs a kill
+                    # between the two.
+                    step_path = self.checkpoint_dir / f"step_{self.num_steps}.pt"
+                    self.save(step_path)
+                    link_latest(step_path, self.checkpoint_dir / "last.pt")
                 if bar is not None:
                     bar.update(1)
                     if self.num_steps % self.log_interval == 0:
@@ -490,10 +515,11 @@ class BaseAgent(abc.ABC):
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         return {
+            "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "class": type(self).__name__,
-            "config": self._config(),
-            "policy": self.policy,
+            "config": self._plain_config(),
+            "policy": {"name": self.policy_spec, "class": type(self.policy).__name__},
             "policy_state": self.policy.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "generator_state": self.generator.get_state(),
@@ -517,9 +543,26 @@ class BaseAgent(abc.ABC):
             "seed": self.seed,
             "log_interval": self.log_interval,
             "checkpoint_freq": self.checkpoint_freq,
+            "optimizer": _OPTIMIZER_NAMES.get(self.optimizer_class),
             "env_id": self.env_id,
             "env_kwargs": self.env_kwargs,
         }
+
+    def _plain_config(self) -> dict[str, Any]:
+        """:meth:`_config` as JSON data; env arguments that are not JSON are left out.
+
+        Without them (a callable ``f``, an array...) the env cannot be rebuilt from the
+        checkpoint, so :meth:`load` then needs ``env=``.
+        """
+        config = self._config()
+        if config.get("optimizer") is None:
+            config.pop("optimizer", None)
+        try:
+            json.dumps(config["env_kwargs"], allow_nan=False)
+        except (TypeError, ValueError):
+            config["env_id"], config["env_kwargs"] = None, {}
+        json.dumps(config)  # everything else is ours and plain: fail loudly if not
+        return config
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
@@ -527,19 +570,55 @@ class BaseAgent(abc.ABC):
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         return None
 
-    def _load_state(self, state: dict[str, Any]) -> None:
+    def _load_state(self, state: dict[str, Any], path: str | os.PathLike = "checkpoint") -> None:
+        """Restores a checkpoint read by :func:`~subset_rl.checkpoint.read_checkpoint`.
+
+        Everything is checked before anything is changed, so a refused checkpoint leaves the
+        agent as it was.
+
+        Raises:
+            ValueError: the checkpoint is for another agent class, ``n``, ``k``, observation
+                size or policy; the message names ``path``.
+        """
         if state.get("class") != type(self).__name__:
             raise ValueError(
-                f"checkpoint holds a {state.get('class')!r} agent, not a {type(self).__name__!r}"
+                f"{path}: checkpoint holds a {state.get('class')!r} agent, not a "
+                f"{type(self).__name__!r}"
             )
         if (state["n"], state["k"]) != (self.n, self.k):
             raise ValueError(
-                f"checkpoint is for n={state['n']}, k={state['k']}; this agent has n={self.n}, "
-                f"k={self.k}"
+                f"{path}: checkpoint is for n={state['n']}, k={state['k']}; this agent has "
+                f"n={self.n}, k={self.k}"
             )
-        self.policy.load_state_dict(state["policy_state"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
-        self.generator.set_state(state["generator_state"])
+        if state.get("obs_dim", self.obs_dim) != self.obs_dim:
+            raise ValueError(
+                f"{path}: checkpoint is for observations of size {state['obs_dim']}; this "
+                f"agent's env has {self.obs_dim}"
+            )
+        policy_state = self.policy.state_dict()
+        saved = state["policy_state"]
+        bad = sorted(set(policy_state) ^ set(saved)) + sorted(
+            key for key in set(policy_state) & set(saved)
+            if not isinstance(saved[key], Tensor) or saved[key].shape != policy_state[key].shape
+        )
+        if bad:
+            raise ValueError(
+                f"{path}: the policy weights do not fit this agent's "
+                f"{type(self.policy).__name__} policy (keys or shapes differ: "
+                f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})"
+            )
+        backup = (self.optimizer.state_dict(), self.generator.get_state())
+        try:
+            self.optimizer.load_state_dict(state["optimizer_state"])
+            self.generator.set_state(state["generator_state"])
+        except (ValueError, RuntimeError, KeyError, TypeError) as err:
+            self.optimizer.load_state_dict(backup[0])
+            self.generator.set_state(backup[1])
+            raise ValueError(
+                f"{path}: the optimizer or generator state does not fit this agent "
+                f"({' '.join(str(err).split())[:160]})"
+            ) from None
+        self.policy.load_state_dict(saved)
         torch.set_rng_state(state["torch_rng_state"])
         self.num_steps = int(state["num_steps"])
         self.num_timesteps = int(state["num_timesteps"])
@@ -549,8 +628,13 @@ class BaseAgent(abc.ABC):
         self._load_extra_state(state["extra"])
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a checkpoint atomically (temporary file, then rename)."""
-        _atomic_save(self._state(), Path(path))
+        """Write a checkpoint atomically (temporary file, ``fsync``, then rename).
+
+        The checkpoint holds tensors and plain data only (state dicts, the settings as JSON
+        data, the RNG states as tensors) and a SHA-256 digest of them; see
+        :mod:`subset_rl.checkpoint`.
+        """
+        save_checkpoint(self._state(), Path(path))
 
     @classmethod
     def load(
@@ -558,33 +642,61 @@ class BaseAgent(abc.ABC):
         path: str | os.PathLike,
         env: SubsetObjective | gym.Env | str | None = None,
         device: str | torch.device = "auto",
+        *,
+        trust_pickle: bool = False,
         **kwargs: Any,
     ) -> BaseAgent:
         """Rebuild an agent from a checkpoint.
+
+        The file is read with ``torch.load(weights_only=True)`` and its digest checked; the
+        policy is rebuilt from its stored name (a custom ``nn.Module`` policy must be passed
+        again as ``policy=``), then the saved weights and states are loaded into it.
 
         Args:
             path: the checkpoint.
             env: the objective/env to continue training on; defaults to the env id stored in
                 the checkpoint (required when the agent was built from an object).
             device: where to put the agent.
-            **kwargs: overrides of the stored settings.
+            trust_pickle: also accept a file that needs arbitrary unpickling (a version 1
+                checkpoint, which pickled the policy module). Unpickling can run any code:
+                only for files you trust.
+            **kwargs: overrides of the stored settings (``policy=`` for a custom module).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is refused (pickled objects), truncated, corrupt, not a
+                subset_rl checkpoint, or for another agent, ``n`` or ``k``; the message names
+                the file and what is wrong.
         """
         dev = resolve_device(device)
-        state = torch.load(path, map_location=dev, weights_only=False)
-        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{path} is not a subset_rl agent checkpoint")
+        state = read_checkpoint(path, trust_pickle=trust_pickle)
         config = dict(state["config"])
-        env_id, env_kwargs = config.pop("env_id"), config.pop("env_kwargs")
+        env_id, env_kwargs = config.pop("env_id", None), config.pop("env_kwargs", None) or {}
         if env is None:
             if env_id is None:
                 raise ValueError(
-                    "this checkpoint was trained on an objective object, not an env id: pass it "
-                    "as load(path, env=...)"
+                    f"{path}: this checkpoint was trained on an objective object (or env "
+                    "arguments that are not JSON data), not an env id: pass it as "
+                    "load(path, env=...)"
                 )
             env = env_id
+        if state.get("version") == 1:  # trusted old format: the pickled module itself
+            policy: Any = state["policy"]
+        else:
+            policy = state["policy"].get("name")
+        if policy is None and "policy" not in kwargs:
+            raise ValueError(
+                f"{path}: the policy is a custom module ({state['policy'].get('class')}), "
+                "which a checkpoint does not store: build it again and pass "
+                "load(path, policy=module)"
+            )
+        config["policy"] = policy
         config.update(kwargs)
-        agent = cls(env, policy=state["policy"], device=dev, env_kwargs=env_kwargs, **config)
-        agent._load_state(state)
+        try:
+            agent = cls(env, device=dev, env_kwargs=env_kwargs, **config)
+        except TypeError as err:
+            raise ValueError(f"{path}: its settings do not fit {cls.__name__}: {err}") from None
+        agent._load_state(state, path)
         return agent
 
 

@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
                     help="model file or the run folder holding model.pt / model.zip")
     ev.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    ev.add_argument("--trust-pickle", action="store_true",
+                    help="also load a file that needs arbitrary unpickling (an old checkpoint "
+                    "with a pickled policy, or a .zip loaded by SB3's own loader); unpickling "
+                    "runs any code the file names: only for files you trust")
     _add_eval_options(ev)
 
     try:  # `subset-rl optimize MODULE:FUNCTION ...` lives with the optimizer
@@ -793,53 +797,84 @@ def _with_device(env_kwargs: dict[str, Any], device: Any) -> dict[str, Any]:
     return out
 
 
+def _load_sb3_for_eval(path: Path, device: Any, trust_pickle: bool) -> tuple[Any, ...]:
+    """A PPO/A2C zip, loaded without unpickling (see :func:`subset_rl.sb3.load_model`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except Exception as err:  # noqa: BLE001 - any unreadable zip is a usage error here
+        raise CLIError(f"{path} is not a readable Stable-Baselines3 model zip "
+                       f"({' '.join(str(err).split())[:160]})") from None
+    run = data.get("subset_rl_run") if isinstance(data, dict) else None
+    if not isinstance(run, dict) or not isinstance(run.get("env_id"), str):
+        raise CLIError(f"{path} was not saved by `subset-rl train`: it names no env id")
+    agent_name = run.get("agent")
+    if agent_name not in SB3_AGENTS:
+        raise CLIError(f"{path} names agent {agent_name!r}, not one of {', '.join(SB3_AGENTS)}")
+    env_kwargs = run.get("env_kwargs") or {}
+    if not isinstance(env_kwargs, dict):
+        raise CLIError(f"{path}: its env arguments are not a JSON object")
+    sb3 = _import_sb3()
+    from stable_baselines3 import A2C, PPO
+
+    env_id = run["env_id"]
+    env = make_env(env_id, _with_device(env_kwargs, device))
+    objective = _objective_of(env)
+    try:
+        model = sb3.load_model(PPO if agent_name == "ppo" else A2C, path,
+                               observation_space=env.observation_space,
+                               action_space=env.action_space, device=device,
+                               trust_pickle=trust_pickle)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    trained = f"{model.num_timesteps:,} env steps"
+    return env_id, agent_name, objective, _sb3_act(model), trained, run.get("seed")
+
+
+def _load_native_for_eval(path: Path, device: Any, trust_pickle: bool) -> tuple[Any, ...]:
+    """A native agent's checkpoint, read with ``weights_only=True`` and checked."""
+    from subset_rl.agents import SFESS, Pathwise
+    from subset_rl.checkpoint import read_checkpoint
+
+    try:
+        state = read_checkpoint(path, trust_pickle=trust_pickle)
+    except (ValueError, OSError) as err:
+        raise CLIError(str(err)) from None
+    if state.get("class") not in ("SFESS", "Pathwise"):
+        raise CLIError(f"{path} is not a subset_rl agent checkpoint: it holds a "
+                       f"{state.get('class')!r} agent")
+    config = state["config"]
+    env_id = config.get("env_id")
+    if env_id is None:
+        raise CLIError(f"{path} was trained on an objective object, not an env id: load it "
+                       "in Python with SFESS.load(path, env=...)")
+    env_kwargs = config.get("env_kwargs") or {}
+    if not isinstance(env_id, str) or not isinstance(env_kwargs, dict):
+        raise CLIError(f"{path}: its env id or env arguments are damaged")
+    env = make_env(env_id, _with_device(env_kwargs, device))
+    cls = SFESS if state["class"] == "SFESS" else Pathwise
+    try:
+        agent = cls.load(path, env=env, device=device, trust_pickle=trust_pickle)
+    except (ValueError, OSError) as err:
+        raise CLIError(str(err)) from None
+    agent_name = "sfess" if cls is SFESS else config.get("estimator", "pathwise")
+    trained = f"{agent.num_steps:,} steps ({agent.num_timesteps:,} reward evaluations)"
+    return env_id, agent_name, agent.objective, _native_act(agent), trained, config.get("seed")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """``subset-rl eval``: reload a model and print the table (and save the plot)."""
     start = time.perf_counter()
     device = _check_device(args.device)
     path = _resolve_checkpoint(args.checkpoint)
     if _is_sb3_zip(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                data = json.loads(archive.read("data"))
-        except ValueError:
-            raise CLIError(f"{path} is not a Stable-Baselines3 model") from None
-        run = data.get("subset_rl_run")
-        if not isinstance(run, dict):
-            raise CLIError(f"{path} was not saved by `subset-rl train`: it names no env id")
-        sb3 = _import_sb3()  # noqa: F841  (the policy class must be importable to unpickle)
-        from stable_baselines3 import A2C, PPO
-
-        env_id, agent_name = run["env_id"], run["agent"]
-        env = make_env(env_id, _with_device(run.get("env_kwargs", {}), device))
-        objective = _objective_of(env)
-        model = (PPO if agent_name == "ppo" else A2C).load(path, device=device)
-        act, trained = _sb3_act(model), f"{model.num_timesteps:,} env steps"
-        seed = run.get("seed")
+        env_id, agent_name, objective, act, trained, seed = _load_sb3_for_eval(
+            path, device, args.trust_pickle
+        )
     else:
-        import torch
-
-        from subset_rl.agents import SFESS, Pathwise
-
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is a usage error here
-            raise CLIError(f"cannot read {path}: {err}") from None
-        if not isinstance(state, dict) or state.get("class") not in ("SFESS", "Pathwise"):
-            raise CLIError(f"{path} is not a subset_rl agent checkpoint")
-        config = state["config"]
-        env_id = config.get("env_id")
-        if env_id is None:
-            raise CLIError(f"{path} was trained on an objective object, not an env id: load it "
-                           "in Python with SFESS.load(path, env=...)")
-        env = make_env(env_id, _with_device(config.get("env_kwargs") or {}, device))
-        cls = SFESS if state["class"] == "SFESS" else Pathwise
-        agent = cls.load(path, env=env, device=device)
-        agent_name = "sfess" if cls is SFESS else config["estimator"]
-        objective = agent.objective
-        act = _native_act(agent)
-        trained = f"{agent.num_steps:,} steps ({agent.num_timesteps:,} reward evaluations)"
-        seed = config.get("seed")
+        env_id, agent_name, objective, act, trained, seed = _load_native_for_eval(
+            path, device, args.trust_pickle
+        )
     label = f"{_policy_label(agent_name)} (trained)"
     result = evaluate(objective, act, label, args.eval_contexts)
     header = _header(env_id, objective, agent_name, trained, seed, device, args.eval_contexts)

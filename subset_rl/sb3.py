@@ -51,14 +51,18 @@ Subprocesses:
     child imports it). Scripts that start subprocesses need an ``if __name__ == "__main__":`` guard.
 
 Loading:
-    ``PPO.load(path)`` unpickles the policy class and the action space, so this module and
-    :mod:`subset_rl.envs` must be importable in the loading process; they are imported
-    automatically when unpickling.
+    ``PPO.load(path)`` unpickles the policy class, the spaces and the schedules stored in the
+    zip, which runs any code a crafted file names. :func:`load_model` loads the same zip
+    without unpickling anything (the pickled entries are replaced through SB3's
+    ``custom_objects``); ``subset-rl eval`` uses it, and ``--trust-pickle`` opts back in to
+    SB3's loader for files you trust.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -98,6 +102,7 @@ __all__ = [
     "check_k_hot_space",
     "default_head_for",
     "item_mask_to_multibinary",
+    "load_model",
     "make_subset_vec_env",
     "ppo_kwargs",
 ]
@@ -745,3 +750,154 @@ def make_subset_vec_env(
 
         kwargs.setdefault("vec_env_cls", SubprocVecEnv)
     return make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading without unpickling
+# ------------------------------------------------------------------------------------------------
+_CONSTANT_RE = re.compile(r"ConstantSchedule\(val=([-+0-9.eE]+|inf|nan)\)")
+_BUFFER_MODULES = ("stable_baselines3.common.buffers", "sb3_contrib.common.maskable.buffers")
+
+
+def _readable(item: dict[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _schedule_value(item: dict[str, Any], fallback: float) -> float:
+    """The value of a pickled constant schedule, read from its JSON description."""
+    match = _CONSTANT_RE.search(_readable(item, "value_schedule") or "")
+    return float(match.group(1)) if match else fallback
+
+
+def _check_spaces(
+    path: Any, data: dict[str, Any], observation_space: spaces.Space[Any], action_space: KHot
+) -> None:
+    """Compares the JSON descriptions of the saved spaces with the env's spaces."""
+    saved = data.get("action_space")
+    if isinstance(saved, dict):
+        n, k = saved.get("n"), saved.get("k")
+        if (n, k) != (None, None) and (str(n), str(k)) != (str(action_space.n),
+                                                           str(action_space.k)):
+            raise ValueError(
+                f"{path}: the model is for n={n}, k={k}; the env has n={action_space.n}, "
+                f"k={action_space.k}"
+            )
+    saved = data.get("observation_space")
+    shape = getattr(observation_space, "shape", None)
+    if isinstance(saved, dict) and shape is not None and "_shape" in saved:
+        found = saved["_shape"]
+        if not isinstance(found, list) or [str(s) for s in found] != [str(s) for s in shape]:
+            raise ValueError(
+                f"{path}: the model is for observations of shape {found}; the env's are "
+                f"{list(shape)}"
+            )
+
+
+def load_model(
+    algorithm: type[BaseAlgorithm],
+    path: str | os.PathLike,
+    *,
+    observation_space: spaces.Space[Any],
+    action_space: KHot,
+    device: str | torch.device = "auto",
+    trust_pickle: bool = False,
+    **kwargs: Any,
+) -> BaseAlgorithm:
+    """``algorithm.load(path)`` without unpickling anything stored in the zip.
+
+    A Stable-Baselines3 zip keeps its weights in ``.pth`` files (read with
+    ``weights_only=True``) and its settings in a JSON ``data`` entry, where the objects JSON
+    cannot hold (the policy class, the spaces, schedules, buffers, the last observation) are
+    cloudpickled. Unpickling runs whatever code the file names, so each pickled entry is
+    replaced through SB3's ``custom_objects`` before it is read: the policy class by
+    :class:`KSubsetActorCriticPolicy` (or the maskable one), the spaces by the env's (checked
+    against the ``n``, ``k`` and shape described in the file), constant schedules by their
+    value, buffers and the last observation by SB3's defaults. A pickled entry not in that list
+    is refused. The result predicts exactly as the saved model; its schedules are constants
+    (the last learning rate and clip range), so use ``trust_pickle=True`` on a file you trust
+    to continue training with the original schedules.
+
+    Args:
+        algorithm: ``PPO``, ``A2C`` or ``MaskablePPO``.
+        path: the ``.zip``.
+        observation_space: the env's observation space.
+        action_space: the env's :class:`~subset_rl.envs.KHot` action space.
+        device: where to put the policy.
+        trust_pickle: load with SB3's own loader, unpickling the entries (runs their code).
+        **kwargs: further arguments of ``algorithm.load``.
+
+    Raises:
+        ValueError: the file is not a readable Stable-Baselines3 zip, holds a pickled entry
+            that cannot be replaced (naming it and the opt-in), or is for another ``n``, ``k``
+            or observation shape; the message names the file.
+    """
+    import io
+    import json
+    import zipfile
+    from collections import deque
+
+    from .checkpoint import TRUST_PICKLE_HINT
+
+    with open(path, "rb") as fh:  # read once: the file checked is the file loaded
+        raw = fh.read()
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            data = json.loads(archive.read("data"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
+        raise ValueError(
+            f"{path} is not a readable Stable-Baselines3 model zip ({' '.join(str(err).split())})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: its 'data' entry is not a JSON object")
+    _check_spaces(path, data, observation_space, action_space)
+    custom = dict(kwargs.pop("custom_objects", None) or {})
+    if not trust_pickle:
+        maskable = HAS_SB3_CONTRIB and algorithm.__name__.startswith("Maskable")
+        policy_class = MaskableKSubsetActorCriticPolicy if maskable else KSubsetActorCriticPolicy
+        learning_rate = data.get("learning_rate")
+        lr = float(learning_rate) if isinstance(learning_rate, (int, float)) else 0.0
+        window = data.get("_stats_window_size")
+        window = window if isinstance(window, int) and window > 0 else 100
+        for key, item in data.items():
+            if key in custom or not (isinstance(item, dict) and ":serialized:" in item):
+                continue
+            module = _readable(item, "__module__")
+            if key == "policy_class" and module == __name__:
+                custom[key] = policy_class
+            elif key == "observation_space":
+                custom[key] = observation_space
+            elif key == "action_space":
+                custom[key] = action_space
+            elif key in ("lr_schedule", "learning_rate"):
+                custom[key] = _schedule_value(item, lr)
+            elif key == "clip_range":
+                custom[key] = _schedule_value(item, 0.2)
+            elif key == "clip_range_vf":
+                custom[key] = _schedule_value(item, 0.2)
+            elif key == "rollout_buffer_class" and module in _BUFFER_MODULES:
+                custom[key] = None
+            elif key in ("_last_obs", "_last_episode_starts", "_last_original_obs"):
+                custom[key] = None
+            elif key in ("ep_info_buffer", "ep_success_buffer"):
+                custom[key] = deque(maxlen=window)
+            else:
+                kind = _readable(item, ":type:") or "an object"
+                raise ValueError(
+                    f"{path}: refused to load: its entry {key!r} is a pickled {kind} "
+                    f"({module or 'unknown module'}) that subset_rl cannot rebuild without "
+                    f"running code from the file; {TRUST_PICKLE_HINT}"
+                )
+        if isinstance(custom.get("lr_schedule"), float):
+            from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule
+
+            custom["lr_schedule"] = FloatSchedule(ConstantSchedule(custom["lr_schedule"]))
+    try:
+        model = algorithm.load(io.BytesIO(raw), device=device, custom_objects=custom, **kwargs)
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError, OSError, EOFError,
+            zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path}: cannot load the model: {type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}"
+        ) from None
+    return model
