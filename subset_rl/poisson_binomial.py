@@ -942,7 +942,12 @@ def sample_2d(
                 and dev.type == "cpu"
                 and trials * S * B * n <= _REJECTIVE_MAX_WORK
             ):
-                z = _sample_rejective(shifted, layout.kk, S, trials, generator)
+                # A short round first (about 3 / acceptance proposals, enough for most
+                # calls), the full one only if some sample missed, then the tree.
+                short = max(1, (3 * trials) // 8)
+                z = _sample_rejective(shifted, layout.kk, S, short, generator)
+                if z is None:
+                    z = _sample_rejective(shifted, layout.kk, S, trials, generator)
             if z is None:
                 z = _sample_tree(shifted, layout.kk, layout.K, S, generator)
         # Complemented rows drew the items left out.
