@@ -134,3 +134,66 @@ def test_load_objective_follows_dotted_paths():
     assert load_objective("test_optimize_cli:score") is score
     f = load_objective("subset_rl.optimize.objectives:WeightedCoverage.random")
     assert callable(f)
+
+
+CALLED = []
+
+
+def recording(z):
+    """Records that it ran (the unwritable-output test checks it never does)."""
+    CALLED.append(1)
+    return score(z)
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_directory"])
+def test_unwritable_output_exits_2_before_the_run(tmp_path, capsys, where):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    out = blocker / "res.json" if where == "under_a_file" else tmp_path
+    CALLED.clear()
+    args = parse(
+        [
+            "optimize",
+            "test_optimize_cli:recording",
+            "--n",
+            "10",
+            "--k",
+            "3",
+            "--budget",
+            "20",
+            "--no-progress",
+            "--output",
+            str(out),
+        ]
+    )
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("subset-rl optimize: error: --output:") and str(out) in err
+    assert err.count("\n") == 1 and not CALLED
+    assert list(tmp_path.iterdir()) == [blocker]  # no probe file left behind
+
+
+def test_journal_timeout_and_retries_flags(tmp_path, capsys):
+    journal = tmp_path / "j.jsonl"
+    argv = [
+        "optimize",
+        "test_optimize_cli:score",
+        "--n",
+        "10",
+        "--k",
+        "3",
+        "--budget",
+        "30",
+        "--method",
+        "random",
+        "--seed",
+        "0",
+        "--no-progress",
+        "--journal",
+        str(journal),
+    ]
+    assert main(argv) == 0 and "0 failed" in capsys.readouterr().out
+    assert len(journal.read_text().splitlines()) == 31
+    assert main(argv) == 0 and "30 evaluations replayed" in capsys.readouterr().out
+    assert main([*argv, "--timeout", "5"]) == 2
+    assert "timeout: a call of f in this process" in capsys.readouterr().err

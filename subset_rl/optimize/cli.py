@@ -4,7 +4,9 @@ Wire it into a top-level parser with :func:`add_optimize_subcommand`; the parser
 its handler as ``func`` (``args.func(args)`` returns the exit code). :func:`main` runs it
 standalone (``python -m subset_rl.optimize.cli optimize ...``).
 
-Exit codes: 0 success, 1 the objective failed (``--on-error raise``), 2 bad arguments.
+Exit codes: 0 success, 1 the objective failed (``--on-error raise``), 2 bad arguments (an
+``--output`` that cannot be written is one, found before the run starts), 130 interrupted
+(Ctrl-C: the evaluations completed until then are summarised and written to ``--output``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .api import optimize
 from .methods import METHODS
 from .result import EvaluationError
 
-__all__ = ["add_optimize_subcommand", "load_objective", "main", "run_optimize"]
+__all__ = ["add_optimize_subcommand", "check_output", "load_objective", "main", "run_optimize"]
 
 _EPILOG = """\
 examples:
@@ -128,16 +130,55 @@ def add_optimize_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="method option (JSON value, or @file.npy for an array); repeatable",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds one call of the function may run (process and Ray executors)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="tries again a subset whose worker process died, this many times (default: 2)",
+    )
+    p.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        help="append each evaluation to this JSON-lines file; an existing one is resumed "
+        "without calling the function again on its subsets",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--output", type=Path, default=None, help="write the result as JSON here")
     p.set_defaults(func=run_optimize)
     return p
 
 
+def check_output(path: Path) -> None:
+    """Raises ``OSError`` with a one-line message if ``path`` cannot be written.
+
+    Creates the missing parent folders and checks by creating (then removing) a file next to
+    ``path``, so that an unwritable ``--output`` is found before the run, not after it.
+    """
+    if path.is_dir():
+        raise OSError(f"--output: {path} is a directory, expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.{os.getpid()}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is not writable")
+    except OSError as e:
+        raise OSError(f"--output: cannot write {path}: {e.strerror or e}") from None
+
+
 def _write(result: Any, path: Path | None) -> None:
     if path is not None and result is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.to_dict(), indent=1))
+        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        os.replace(tmp, path)
 
 
 def run_optimize(args: argparse.Namespace) -> int:
@@ -145,9 +186,11 @@ def run_optimize(args: argparse.Namespace) -> int:
     summary, writes ``--output``.
 
     Returns:
-        The exit code (0 success, 1 the objective failed, 2 bad arguments).
+        The exit code (0 success, 1 the objective failed, 2 bad arguments, 130 interrupted).
     """
     try:
+        if args.output is not None:
+            check_output(args.output)
         f = load_objective(args.objective)
         options = dict(_parse_option(o) for o in args.option) or None
         executor = None if args.executor in (None, "serial") else args.executor
@@ -168,6 +211,9 @@ def run_optimize(args: argparse.Namespace) -> int:
             workers=args.workers,
             on_error=args.on_error,
             options=options,
+            timeout=args.timeout,
+            retries=args.retries,
+            journal=args.journal,
         )
     except EvaluationError as e:
         print(f"subset-rl optimize: error: {e}", file=sys.stderr)
@@ -186,7 +232,7 @@ def run_optimize(args: argparse.Namespace) -> int:
     _write(result, args.output)
     if args.output is not None:
         print(f"result       {args.output}")
-    return 0
+    return 130 if result.interrupted else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

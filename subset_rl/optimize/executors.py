@@ -82,7 +82,10 @@ def _scalar(value: Any) -> tuple[float, str | None]:
             return math.nan, f"returned an array of shape {value.shape}; expected a real scalar"
         value = value.reshape(())[()]
     if isinstance(value, bool | np.bool_):
-        return math.nan, f"returned bool {value!r}; expected a real scalar (a bool is not a value)"
+        return (
+            math.nan,
+            f"returned bool {bool(value)}; expected a real scalar (a bool is not a value)",
+        )
     if not isinstance(value, numbers.Real):
         return math.nan, f"returned {type(value).__name__} {value!r:.60}; expected a real scalar"
     out = float(value)
