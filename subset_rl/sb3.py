@@ -38,12 +38,12 @@ PPO hyperparameters:
 
 Entropy cost:
     PPO and A2C compute the policy entropy on every minibatch. The entropy
-    :math:`H = \log e_k - \sum_i \pi_i l_i` is cheap to evaluate, but its *gradient* needs second
-    derivatives of :math:`\log e_k` (the marginals :math:`\pi` are themselves a gradient), which
-    about doubles the cost of an update. SB3's PPO default is ``ent_coef = 0``, where that gradient
-    is thrown away: pass ``policy_kwargs={"entropy_grad": False}`` to get the entropy value (still
-    logged as ``train/entropy_loss``) without its gradient. :class:`KHotGuard` refuses
-    ``entropy_grad=False`` with ``ent_coef > 0``.
+    :math:`H = \log e_k - \sum_i \pi_i l_i` comes for free with ``log_prob`` (one pass gives
+    :math:`\log e_k` and :math:`\pi`); its *gradient* :math:`-\operatorname{Cov}(z)\, l` needs
+    second derivatives of :math:`\log e_k` and is computed only when it is backpropagated with a
+    nonzero weight, so SB3's default ``ent_coef = 0`` costs nothing extra.
+    ``policy_kwargs={"entropy_grad": False}`` still detaches it explicitly; :class:`KHotGuard`
+    refuses ``entropy_grad=False`` with ``ent_coef > 0``.
 
 Subprocesses:
     A ``SubprocVecEnv`` child must import :mod:`subset_rl.envs` to find the registered ids;
