@@ -125,7 +125,9 @@ def test_cache_counts_distinct_subsets_only():
     f = Counting(linear)
     res = optimize(f, n, k, budget=1000, method="sfess", seed=3, progress=False)
     assert res.n_evaluations == len(f.calls) and max(f.calls.values()) == 1
-    assert res.n_queries >= 5 * res.n_evaluations
+    # most of SFESS's samples repeat a subset (the ratio depends on the sampler's random
+    # stream: 5.3 before the rejective sampler's short round of 83dbc39, 3.7 after it)
+    assert res.n_queries > 3 * res.n_evaluations
 
 
 def test_converged_run_stops_without_spending_the_budget():
