@@ -32,9 +32,9 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -43,6 +43,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "TRUST_PICKLE_HINT",
     "atomic_save",
+    "atomic_write",
     "digest",
     "link_latest",
     "load_untrusted",
@@ -142,8 +143,8 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, ``fsync``, rename over ``path``.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Calls ``write(fh)`` on a temporary file in ``path``'s folder, ``fsync``, renames it.
 
     The temporary file is removed when the write fails (an exception, ``KeyboardInterrupt``);
     after SIGKILL, :func:`remove_stale_temporaries` removes it on the next start.
@@ -153,7 +154,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_name(path), suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -162,6 +163,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.remove(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`: readers see the old file or the new one."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -646,8 +646,16 @@ def _train_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any]
     model.subset_rl_run = {"agent": args.agent, "env_id": env_id, "env_kwargs": env_kwargs,
                            "seed": args.seed}
     freq = args.checkpoint_freq or max(1, settings["steps"] // 5)
-    callbacks = [CheckpointCallback(max(1, freq // n_envs), str(logdir / "checkpoints"),
-                                    name_prefix="model")]
+    class AtomicCheckpointCallback(CheckpointCallback):
+        """SB3's periodic checkpoints, each written atomically (temporary file, rename)."""
+
+        def _on_step(self) -> bool:
+            if self.n_calls % self.save_freq == 0:
+                _save_sb3(self.model, Path(self._checkpoint_path(extension="zip")))
+            return True
+
+    callbacks = [AtomicCheckpointCallback(max(1, freq // n_envs),
+                                          str(logdir / "checkpoints"), name_prefix="model")]
     if hasattr(sb3, "KHotGuard"):
         callbacks.append(sb3.KHotGuard())
     if not args.quiet:
@@ -658,9 +666,16 @@ def _train_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any]
     except KeyboardInterrupt:
         print(f"\ninterrupted after {model.num_timesteps} steps; evaluating the policy so far",
               file=sys.stderr)
-    model.save(logdir / "model.zip")
+    _save_sb3(model, logdir / "model.zip")
     vec_env.close()
     return model
+
+
+def _save_sb3(model: Any, path: Path) -> None:
+    """``model.save`` to a temporary file, then renamed over ``path``."""
+    from subset_rl.checkpoint import atomic_write
+
+    atomic_write(path, model.save)
 
 
 def _policy_label(agent_name: str) -> str:
@@ -729,6 +744,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     logdir = args.logdir or Path("runs") / f"{_slug(env_id)}-{args.agent}-{args.seed}"
     logdir.mkdir(parents=True, exist_ok=True)
+    from subset_rl.checkpoint import remove_stale_temporaries
+
+    for folder in (logdir, logdir / "checkpoints"):  # left by a run killed mid-write
+        remove_stale_temporaries(folder)
     if not args.quiet:
         shown = ", ".join(f"{k}={v}" for k, v in settings.items())
         print(f"training {args.agent} on {env_id} (n={objective.n}, k={objective.k}) on "
@@ -783,10 +802,13 @@ def _resolve_checkpoint(path: Path) -> Path:
 
 def _is_sb3_zip(path: Path) -> bool:
     """Stable-Baselines3 saves a zip with a JSON ``data`` entry (``torch.save`` zips differ)."""
-    if not zipfile.is_zipfile(path):
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return "data" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return "data" in archive.namelist()
 
 
 def _with_device(env_kwargs: dict[str, Any], device: Any) -> dict[str, Any]:

@@ -493,3 +493,39 @@ def test_sigkill_at_random_moments_leaves_a_consistent_folder(kills, tmp_path):
         assert step >= newest  # resumed from last.pt: never goes back
         newest = step
     assert newest > 0
+
+
+def test_cli_train_cleans_up_and_links_last(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    (logdir / "checkpoints").mkdir(parents=True)
+    pid = _dead_pid()
+    stale = [logdir / f".model.pt.{pid}.aaaa1111{TEMP_SUFFIX}",
+             logdir / "checkpoints" / f".step_2.pt.{pid}.bbbb2222{TEMP_SUFFIX}"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    code, out, err = run_cli(capsys, "train", ENV_ID, "--steps", "6", "--checkpoint-freq", "2",
+                             "--num-samples", "4", "--batch-size", "4", "--logdir", str(logdir),
+                             "--eval-contexts", "4", "--quiet", "--no-plot")
+    assert code == 0, err
+    assert not any(p.exists() for p in stale)
+    checkpoints = logdir / "checkpoints"
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert names == ["last.pt", "step_2.pt", "step_4.pt", "step_6.pt"]
+    assert os.path.samefile(checkpoints / "last.pt", checkpoints / "step_6.pt")
+    assert not [p for p in logdir.rglob("*") if p.name.endswith(TEMP_SUFFIX)]
+    code, out, err = run_cli(capsys, "eval", str(checkpoints / "last.pt"), "--no-plot",
+                             "--eval-contexts", "4")
+    assert code == 0, err
+
+
+def test_cli_ppo_checkpoints_are_written_atomically_and_load_safely(tmp_path, capsys):
+    pytest.importorskip("subset_rl.sb3")
+    code, out, err = run_cli(capsys, "train", ENV_ID, "--agent", "ppo", "--steps", "128",
+                             "--n-envs", "2", "--batch-size", "64", "--checkpoint-freq", "64",
+                             "--logdir", str(tmp_path), "--eval-contexts", "4", "--quiet",
+                             "--no-plot")
+    assert code == 0, err
+    zips = sorted((tmp_path / "checkpoints").glob("model_*_steps.zip"))
+    assert zips and not [p for p in tmp_path.rglob("*") if p.name.endswith(TEMP_SUFFIX)]
+    code, out, err = run_cli(capsys, "eval", str(zips[-1]), "--no-plot", "--eval-contexts", "4")
+    assert code == 0, err
