@@ -20,8 +20,13 @@ is stored in it) and prints the same table.
 Any env with a :class:`~subset_rl.envs.KHot` action space works, including your own: pass
 ``your_module:your_ns/YourEnv-v0`` so that the module registering it is imported.
 
+``eval`` never runs code stored in a model file: a ``.pt`` is read with
+``torch.load(weights_only=True)`` and a ``.zip`` with :func:`subset_rl.sb3.load_model`; a file
+that needs arbitrary unpickling is refused unless ``--trust-pickle`` is given.
+
 User errors (an unknown env id, ``k`` larger than ``n``, a pathwise estimator on a
-non-differentiable objective, a device that is not available, ...) print one line,
+non-differentiable objective, a device that is not available, a truncated, corrupt, foreign or
+mismatched model file, a refused one, ...) print one line,
 ``subset-rl <command>: error: ...``, and exit with status 2, as argparse does. A run that
 diverges (NaN/inf logits, rewards, loss or gradients; parameters or rollouts under PPO/A2C)
 prints ``subset-rl train: training failed: step N (timestep T): <quantity> ...`` and exits with
