@@ -232,9 +232,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_contents(a: Path, b: Path) -> bool:
     try:
-        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+        return filecmp.cmp(a, b, shallow=False)
     except OSError:
         return False
 
@@ -260,11 +260,19 @@ def recover_checkpoint_dir(folder: str | os.PathLike, latest: str = "last.pt") -
     )
     if not steps:
         return removed
-    newest = steps[-1][1]
+    newest, older = steps[-1][1], [p for _, p in steps[:-1]]
     last = folder / latest
     if not last.exists():
         link_latest(newest, last)
-    elif not _same_file(last, newest) and any(_same_file(last, p) for _, p in steps[:-1]):
+        return removed
+    with contextlib.suppress(OSError):
+        # last.pt is normally a hard link: compare inodes first, contents only without links
+        if os.path.samefile(last, newest):
+            return removed
+        if any(os.path.samefile(last, p) for p in older):
+            link_latest(newest, last)
+            return removed
+    if not _same_contents(last, newest) and any(_same_contents(last, p) for p in older):
         link_latest(newest, last)
     return removed
 

@@ -894,7 +894,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     device = _check_device(args.device)
     path = _resolve_checkpoint(args.checkpoint)
-    if _is_sb3_zip(path):
+    if path.suffix == ".zip" or _is_sb3_zip(path):
         env_id, agent_name, objective, act, trained, seed = _load_sb3_for_eval(
             path, device, args.trust_pickle
         )

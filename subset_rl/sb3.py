@@ -843,6 +843,9 @@ def load_model(
         raw = fh.read()
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            damaged = archive.testzip()  # the CRC of every entry
+            if damaged is not None:
+                raise ValueError(f"the CRC of its entry {damaged!r} does not match: corrupt")
             data = json.loads(archive.read("data"))
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
         raise ValueError(

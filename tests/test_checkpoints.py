@@ -529,3 +529,54 @@ def test_cli_ppo_checkpoints_are_written_atomically_and_load_safely(tmp_path, ca
     assert zips and not [p for p in tmp_path.rglob("*") if p.name.endswith(TEMP_SUFFIX)]
     code, out, err = run_cli(capsys, "eval", str(zips[-1]), "--no-plot", "--eval-contexts", "4")
     assert code == 0, err
+
+
+def test_last_is_a_copy_where_hard_links_fail(tmp_path, monkeypatch):
+    def no_links(*args, **kwargs):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    agent = small_agent(checkpoint_dir=tmp_path, checkpoint_freq=2).learn(4)
+    last, step_4 = tmp_path / "last.pt", tmp_path / "step_4.pt"
+    assert not os.path.samefile(last, step_4) and last.read_bytes() == step_4.read_bytes()
+    agent.checkpoint_dir = None
+    agent.learn(2).save(tmp_path / "step_6.pt")  # killed before last.pt was written
+    recover_checkpoint_dir(tmp_path)
+    assert last.read_bytes() == (tmp_path / "step_6.pt").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+
+
+def _truncated_zip(source: Path, target: Path) -> None:
+    target.write_bytes(source.read_bytes()[: source.stat().st_size * 2 // 3])
+
+
+def _flipped_weights_zip(source: Path, target: Path) -> None:
+    blob = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        info = archive.getinfo("policy.pth")
+    middle = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    blob[middle] ^= 0xFF
+    target.write_bytes(bytes(blob))
+
+
+def _no_weights_zip(source: Path, target: Path) -> None:
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
+        for item in zin.infolist():
+            if item.filename != "policy.pth":
+                zout.writestr(item, zin.read(item.filename))
+
+
+DAMAGED_ZIPS = {
+    "truncated": (_truncated_zip, "not a readable Stable-Baselines3 model zip"),
+    "flipped weights": (_flipped_weights_zip, "'policy.pth' does not match: corrupt"),
+    "no weights": (_no_weights_zip, "cannot load the model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_ZIPS))
+def test_damaged_zip_is_named(case, ppo_zip, tmp_path, capsys):
+    damage, fragment = DAMAGED_ZIPS[case]
+    bad = tmp_path / "bad.zip"
+    damage(ppo_zip, bad)
+    code, out, err = run_cli(capsys, "eval", str(bad), "--no-plot", "--eval-contexts", "4")
+    assert_one_line_error(code, out, err, str(bad), fragment)
