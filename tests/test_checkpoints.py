@@ -580,3 +580,47 @@ def test_damaged_zip_is_named(case, ppo_zip, tmp_path, capsys):
     damage(ppo_zip, bad)
     code, out, err = run_cli(capsys, "eval", str(bad), "--no-plot", "--eval-contexts", "4")
     assert_one_line_error(code, out, err, str(bad), fragment)
+
+
+def test_load_model_in_python(ppo_zip, tmp_path):
+    from stable_baselines3 import PPO
+
+    from subset_rl.sb3 import load_model
+
+    env = _make_linear()
+    model = load_model(PPO, ppo_zip, observation_space=env.observation_space,
+                       action_space=env.action_space, device="cpu")
+    trusted = PPO.load(ppo_zip, device="cpu")
+    obs = torch.zeros(5, 1).numpy()
+    assert (model.predict(obs, deterministic=True)[0]
+            == trusted.predict(obs, deterministic=True)[0]).all()
+    other = _make_linear(k=3)
+    with pytest.raises(ValueError, match=r"model\.zip: the model is for n=10, k=2; the env has "
+                                         r"n=10, k=3"):
+        load_model(PPO, ppo_zip, observation_space=other.observation_space,
+                   action_space=other.action_space, device="cpu")
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.zip"
+    _rewrite_zip(ppo_zip, evil, lambda data: data.__setitem__("evil", _pickled(marker)))
+    with pytest.raises(ValueError, match=r"evil\.zip: refused to load: its entry 'evil'.*"
+                                         r"trust_pickle=True"):
+        load_model(PPO, evil, observation_space=env.observation_space,
+                   action_space=env.action_space, device="cpu")
+    assert not marker.exists()
+
+
+def test_pathwise_aimle_state_round_trips(tmp_path):
+    from subset_rl.agents import Pathwise
+
+    agent = Pathwise(ENV_ID, estimator="aimle", num_samples=2, batch_size=4, seed=0,
+                     device="cpu").learn(5)
+    agent.save(tmp_path / "p.pt")
+    torch.load(tmp_path / "p.pt", weights_only=True)
+    loaded = Pathwise.load(tmp_path / "p.pt", device="cpu")
+    assert loaded.estimator == "aimle" and loaded.num_steps == 5
+    for key, value in agent.aimle.state_dict().items():
+        assert torch.equal(value, loaded.aimle.state_dict()[key])
+    agent.learn(3)
+    loaded.learn(3)
+    for a, b in zip(agent.policy.parameters(), loaded.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
