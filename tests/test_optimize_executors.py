@@ -93,3 +93,129 @@ def test_ray_executor_failures(ray_instance):
     assert skipped.n_failed > 0 and all(
         math.isnan(skipped.history.values[i]) for i in skipped.history.errors
     )
+
+
+SIX = WeightedCoverage.random(6, universe=20, density=0.3, seed=2)
+
+
+class ExitsOn:
+    """Dies with ``os._exit(3)`` (or sleeps an hour, ``hang=True``) on the subset [0, 1, 2]."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.hang = hang
+
+    def __call__(self, z):
+        if z[0] and z[1] and z[2]:
+            if self.hang:
+                import time
+
+                time.sleep(3600)
+            import os
+
+            os._exit(3)
+        return SIX(z)
+
+
+def test_ray_crashed_task_is_retried_then_a_named_failure(ray_instance):
+    # n = 6, k = 3: random search with budget 20 evaluates every subset, [0, 1, 2] included
+    with pytest.warns(UserWarning, match="1 of 20 evaluations failed"):
+        res = optimize(
+            ExitsOn(),
+            6,
+            3,
+            budget=20,
+            method="random",
+            seed=0,
+            progress=False,
+            executor="ray",
+            on_error="skip",
+            retries=1,
+        )
+    ((index, reason),) = res.history.errors.items()
+    assert res.history.subsets[index] == (0, 1, 2) and res.n_evaluations == 20
+    assert "WorkerCrashedError" in reason and "2 attempts" in reason
+    ok = optimize(SIX, 6, 3, budget=20, method="random", seed=0, progress=False)
+    assert res.history.subsets == ok.history.subsets
+
+
+def test_ray_timeout(ray_instance):
+    import time
+
+    start = time.monotonic()
+    with pytest.warns(UserWarning, match="1 of 20 evaluations failed"):
+        res = optimize(
+            ExitsOn(hang=True),
+            6,
+            3,
+            budget=20,
+            method="random",
+            seed=0,
+            progress=False,
+            executor="ray",
+            on_error="skip",
+            timeout=5.0,
+        )
+    assert time.monotonic() - start < 60
+    ((index, reason),) = res.history.errors.items()
+    assert res.history.subsets[index] == (0, 1, 2) and reason.startswith("timed out after 5 s")
+
+
+ADDRESS_CLIENT = """
+import sys
+import numpy as np
+import ray
+from subset_rl.optimize import WeightedCoverage, optimize
+
+f = WeightedCoverage.random(10, seed=0)
+res = optimize(f, 10, 3, budget=30, method="random", seed=0, progress=False, executor=sys.argv[1])
+ref = optimize(f, 10, 3, budget=30, method="random", seed=0, progress=False)
+assert res.history.subsets == ref.history.subsets
+np.testing.assert_array_equal(res.history.values, ref.history.values)
+print("DONE", res.executor, ray.is_initialized())
+"""
+
+
+@pytest.mark.slow
+def test_ray_executor_against_a_running_cluster_address(tmp_path):
+    """A head started with ``ray start --head``; a fresh process connects by its address."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    ray = pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--block",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(8)
+        script = tmp_path / "client.py"
+        script.write_text(ADDRESS_CLIENT)
+        out = subprocess.run(
+            [sys.executable, str(script), address], env=env, capture_output=True, timeout=120
+        )
+        assert f"DONE ray({address}) False" in out.stdout.decode(), out.stderr.decode()[-3000:]
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
