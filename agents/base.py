@@ -524,13 +524,13 @@ class BaseAgent(abc.ABC):
             "optimizer_state": self.optimizer.state_dict(),
             "generator_state": self.generator.get_state(),
             "torch_rng_state": torch.get_rng_state(),
-            "num_steps": self.num_steps,
-            "num_timesteps": self.num_timesteps,
+            "num_steps": int(self.num_steps),
+            "num_timesteps": int(self.num_timesteps),
             "best_reward": self.best_reward.cpu(),
             "best_action": None if self.best_action is None else self.best_action.cpu(),
-            "obs_dim": self.obs_dim,
-            "n": self.n,
-            "k": self.k,
+            "obs_dim": int(self.obs_dim),
+            "n": int(self.n),
+            "k": int(self.k),
             "logit_mask": self.logit_mask.cpu(),
             "extra": self._extra_state(),
         }
@@ -554,14 +554,17 @@ class BaseAgent(abc.ABC):
         Without them (a callable ``f``, an array...) the env cannot be rebuilt from the
         checkpoint, so :meth:`load` then needs ``env=``.
         """
-        config = self._config()
+        config = {key: _plain_scalar(value) for key, value in self._config().items()}
         if config.get("optimizer") is None:
             config.pop("optimizer", None)
         try:
             json.dumps(config["env_kwargs"], allow_nan=False)
         except (TypeError, ValueError):
             config["env_id"], config["env_kwargs"] = None, {}
-        json.dumps(config)  # everything else is ours and plain: fail loudly if not
+        try:
+            json.dumps(config)
+        except (TypeError, ValueError) as err:  # a setting of ours that is not plain: a bug
+            raise TypeError(f"agent settings must be JSON data to be saved: {err}") from None
         return config
 
     def _extra_state(self) -> dict[str, Any]:
@@ -698,6 +701,13 @@ class BaseAgent(abc.ABC):
             raise ValueError(f"{path}: its settings do not fit {cls.__name__}: {err}") from None
         agent._load_state(state, path)
         return agent
+
+
+def _plain_scalar(value: Any) -> Any:
+    """A NumPy or 0-d torch scalar as the Python number it holds; anything else unchanged."""
+    if isinstance(value, np.generic) or (isinstance(value, Tensor) and value.dim() == 0):
+        return value.item()
+    return value
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:

@@ -83,7 +83,8 @@ def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> Non
 def small_agent(**kw) -> SFESS:
     kw.setdefault("num_samples", 4)
     kw.setdefault("batch_size", 4)
-    return SFESS(ENV_ID, device="cpu", seed=0, **kw)
+    kw.setdefault("seed", 0)
+    return SFESS(ENV_ID, device="cpu", **kw)
 
 
 @pytest.fixture
@@ -624,3 +625,13 @@ def test_pathwise_aimle_state_round_trips(tmp_path):
     loaded.learn(3)
     for a, b in zip(agent.policy.parameters(), loaded.policy.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_numpy_settings_are_saved_as_plain_numbers(tmp_path):
+    import numpy as np
+
+    agent = small_agent(seed=np.int64(3), max_grad_norm=np.float32(1.0))
+    agent.save(tmp_path / "np.pt")
+    state = torch.load(tmp_path / "np.pt", weights_only=True)
+    assert state["config"]["seed"] == 3 and type(state["config"]["seed"]) is int
+    assert SFESS.load(tmp_path / "np.pt", device="cpu").seed == 3
