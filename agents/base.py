@@ -312,14 +312,14 @@ class BaseAgent(abc.ABC):
                 ``k``; the message names the file.
         """
         total_steps = _positive_int("total_steps", total_steps, minimum=0)
+        if self.checkpoint_dir is not None:  # a previous run may have been killed mid-write:
+            recover_checkpoint_dir(self.checkpoint_dir)  # before resuming from its last.pt
         if resume_from is not None:
             path = Path(resume_from)
             self._load_state(read_checkpoint(path, trust_pickle=trust_pickle), path)
             remaining = max(0, total_steps - self.num_steps)
         else:
             remaining = total_steps
-        if self.checkpoint_dir is not None:  # a previous run may have been killed mid-write
-            recover_checkpoint_dir(self.checkpoint_dir)
         self._setup_logger()
         bar = None
         if progress_bar:

@@ -635,3 +635,14 @@ def test_numpy_settings_are_saved_as_plain_numbers(tmp_path):
     state = torch.load(tmp_path / "np.pt", weights_only=True)
     assert state["config"]["seed"] == 3 and type(state["config"]["seed"]) is int
     assert SFESS.load(tmp_path / "np.pt", device="cpu").seed == 3
+
+
+def test_resume_from_last_after_a_kill_between_step_and_last(tmp_path):
+    agent = small_agent(checkpoint_dir=tmp_path, checkpoint_freq=2).learn(4)
+    agent.checkpoint_dir = None
+    agent.learn(2).save(tmp_path / "step_6.pt")  # killed before last.pt was linked to it
+    resumed = small_agent(checkpoint_dir=tmp_path, checkpoint_freq=2)
+    resumed.learn(6, resume_from=tmp_path / "last.pt")  # repaired first: resumes at step 6
+    assert resumed.num_steps == 6
+    for a, b in zip(agent.policy.parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
