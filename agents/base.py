@@ -114,7 +114,9 @@ class BaseAgent(abc.ABC):
         seed: seeds the agent's generator (contexts and samples) and the policy initialisation.
         tensorboard_log: folder for TensorBoard event files (``None``: no logging to disk).
         log_interval: steps between logged rows.
-        checkpoint_dir: folder for periodic checkpoints (``None``: none).
+        checkpoint_dir: folder for periodic checkpoints ``step_N.pt``, with ``last.pt`` a link
+            to the newest (``None``: none). :meth:`learn` first removes the temporary files of
+            a run killed mid-write and repairs ``last.pt`` (see :mod:`subset_rl.checkpoint`).
         checkpoint_freq: steps between checkpoints (written atomically).
         env_kwargs: keyword arguments for ``gymnasium.make`` when ``env`` is an id.
         verbose: 0 silent, 1 prints the logged rows.
