@@ -68,7 +68,8 @@ def ray_instance():
     )
     # This test module is not importable on Ray's workers: ship its functions by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance even where `ray start` recorded a cluster
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -182,6 +183,7 @@ def test_ray_executor_against_a_running_cluster_address(tmp_path):
     import signal
     import socket
     import subprocess
+    import tempfile
     import time
 
     ray = pytest.importorskip("ray")
@@ -219,3 +221,7 @@ def test_ray_executor_against_a_running_cluster_address(tmp_path):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             head.kill()
+        # `ray start` recorded the head as this machine's cluster; forget it again
+        recorded = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+        if os.path.exists(recorded) and open(recorded).read().strip() == address:
+            os.remove(recorded)
