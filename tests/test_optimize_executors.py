@@ -102,11 +102,13 @@ SIX = WeightedCoverage.random(6, universe=20, density=0.3, seed=2)
 class ExitsOn:
     """Dies with ``os._exit(3)`` (or sleeps an hour, ``hang=True``) on the subset [0, 1, 2]."""
 
-    def __init__(self, hang: bool = False) -> None:
-        self.hang = hang
+    def __init__(self, hang: bool = False, interrupt: bool = False) -> None:
+        self.hang, self.interrupt = hang, interrupt
 
     def __call__(self, z):
         if z[0] and z[1] and z[2]:
+            if self.interrupt:
+                raise KeyboardInterrupt
             if self.hang:
                 import time
 
@@ -225,3 +227,20 @@ def test_ray_executor_against_a_running_cluster_address(tmp_path):
         recorded = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
         if os.path.exists(recorded) and open(recorded).read().strip() == address:
             os.remove(recorded)
+
+
+def test_ray_keyboard_interrupt_in_f_returns_the_completed_evaluations(ray_instance):
+    with pytest.warns(UserWarning, match="interrupted"):
+        res = optimize(
+            ExitsOn(interrupt=True),
+            6,
+            3,
+            budget=20,
+            method="random",
+            seed=0,
+            progress=False,
+            executor="ray",
+            batch=1,
+        )
+    assert res.interrupted and 0 < res.n_evaluations < 20
+    assert (0, 1, 2) not in res.history.subsets

@@ -308,7 +308,7 @@ def test_journal_records_failures_and_refuses_foreign_files(tmp_path):
 KILL_SCRIPT = """
 import sys, time
 import numpy as np
-from subset_rl.optimize import WeightedCoverage, optimize
+from subset_rl.optimize import ProcessPool, WeightedCoverage, optimize
 
 OBJ = WeightedCoverage.random(12, universe=40, density=0.15, seed=0)
 LOG, SLEEP, BUDGET = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
@@ -320,24 +320,51 @@ def f(z):
     time.sleep(SLEEP)
     return OBJ(z)
 
-print("READY", flush=True)
-res = optimize(f, 12, 3, budget=BUDGET, method="sfess", seed=7, progress=False,
-               journal=sys.argv[1])
-print("DONE", res.n_evaluations, res.n_replayed)
+if __name__ == "__main__":
+    pool = None
+    if sys.argv[5] == "process":
+        pool = ProcessPool(2)
+        optimize(OBJ, 12, 3, budget=2, executor=pool, progress=False)  # workers up
+    pids = [] if pool is None else [w.process.pid for w in pool._procs]
+    print("READY", *pids, flush=True)
+    res = optimize(f, 12, 3, budget=BUDGET, method="sfess", seed=7, progress=False,
+                   journal=sys.argv[1], executor=pool)
+    print("DONE", res.n_evaluations, res.n_replayed)
 """
 
 
+def read_journal(path: Path) -> set[tuple[int, ...]]:
+    if not path.exists():
+        return set()
+    j = Journal(path, 12, 3)
+    j.close()
+    return set(j.entries)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 @pytest.mark.parametrize(
-    ("kills", "sleep", "budget"),
-    [(3, 0.03, 150), pytest.param(20, 0.05, 220, marks=pytest.mark.slow)],
-    ids=["3-kills", "20-kills"],
+    ("kills", "sleep", "budget", "executor"),
+    [
+        (3, 0.03, 150, "serial"),
+        pytest.param(20, 0.05, 220, "serial", marks=pytest.mark.slow),
+        pytest.param(4, 0.05, 150, "process", marks=pytest.mark.slow),
+    ],
+    ids=["3-kills", "20-kills", "4-kills-process"],
 )
-def test_journal_survives_sigkill_at_random_moments(tmp_path, kills, sleep, budget):
+def test_journal_survives_sigkill_at_random_moments(tmp_path, kills, sleep, budget, executor):
     """Kills a run at random moments (start-up, evaluating, writing the journal) ``kills``
     times, each time checking the journal, then lets one finish: the objective is never called
     twice on a journaled subset, and the result equals the uninterrupted run's. The objective
     is slow enough (``sleep`` per call; 3/4 of the kills come within 0.4 s of the job's start
-    of optimization, 1/4 within 1.5 s of its launch) that every kill hits a running job."""
+    of optimization, 1/4 within 1.5 s of its launch) that every kill hits a running job.
+    With ``executor="process"`` the pool's workers exit too once their parent is killed."""
     import signal
     import subprocess
     import sys
@@ -352,10 +379,19 @@ def test_journal_survives_sigkill_at_random_moments(tmp_path, kills, sleep, budg
     start = time.monotonic()
     killed = 0
     for attempt in range(kills + 1):
-        before = set(Journal(journal, 12, 3).entries) if journal.exists() else set()
+        before = read_journal(journal)
         log = tmp_path / f"calls{attempt}.txt"
+        workers: list[int] = []
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(journal), str(log), str(sleep), str(budget)],
+            [
+                sys.executable,
+                str(script),
+                str(journal),
+                str(log),
+                str(sleep),
+                str(budget),
+                executor,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -365,14 +401,24 @@ def test_journal_survives_sigkill_at_random_moments(tmp_path, kills, sleep, budg
                 if rng.random() < 0.25:  # anywhere, start-up included
                     proc.wait(timeout=float(rng.uniform(0.0, 1.5)))
                 else:  # while optimizing: replaying, evaluating, writing the journal
-                    assert proc.stdout.readline().startswith(b"READY")
+                    ready = proc.stdout.readline().split()
+                    assert ready[:1] == [b"READY"]
+                    workers = [int(pid) for pid in ready[1:]]
                     proc.wait(timeout=float(rng.uniform(0.0, 0.4)))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 killed += 1
         out, err = proc.communicate(timeout=120)
+        for line in out.splitlines():  # READY not read above
+            if line.startswith(b"READY"):
+                workers = [int(pid) for pid in line.split()[1:]]
+        if executor == "process" and proc.returncode == -signal.SIGKILL:
+            deadline = time.monotonic() + 10
+            while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not any(alive(pid) for pid in workers), "orphaned workers kept running"
         # the journal reads back after every kill, and nothing journaled was evaluated again
-        entries = Journal(journal, 12, 3).entries if journal.exists() else {}
+        entries = read_journal(journal)
         assert not set(calls(log)) & before, f"run {attempt} evaluated journaled subsets again"
         assert before <= set(entries)
         assert set(entries) - before <= set(calls(log))

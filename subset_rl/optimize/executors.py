@@ -30,6 +30,7 @@ import numbers
 import os
 import pickle
 import signal
+import threading
 import time
 import traceback
 import weakref
@@ -274,6 +275,14 @@ def _worker_main(conn: Connection) -> None:
     when the objective raised ``KeyboardInterrupt``.
     """
     torch.set_num_threads(1)  # one process per core; no oversubscription
+    parent = os.getppid()
+
+    def watch_parent() -> None:  # a parent killed by SIGKILL leaves no one to stop a busy worker
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
     job: tuple[Any, bool, str] = (_Unloadable("no objective was sent"), False, "cpu")
     current = [0, 0]  # rows of the call running (lo == hi: none)
 
@@ -793,6 +802,8 @@ class RayBackend:
                     lo, hi, _ = inflight.pop(ref)
                     try:
                         record(lo, ray.get(ref))
+                    except ray.exceptions.TaskCancelledError as e:  # not by us: Ctrl-C in f
+                        raise KeyboardInterrupt(f"a Ray task was interrupted: {e}") from e
                     except ray.exceptions.RayTaskError as e:  # BaseException in the objective
                         record(lo, [Outcome(math.nan, f"raised {e.cause!r}")] * (hi - lo))
                     except ray.exceptions.RayError as e:  # the worker or its node died
