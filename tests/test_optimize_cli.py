@@ -197,3 +197,75 @@ def test_journal_timeout_and_retries_flags(tmp_path, capsys):
     assert main(argv) == 0 and "30 evaluations replayed" in capsys.readouterr().out
     assert main([*argv, "--timeout", "5"]) == 2
     assert "timeout: a call of f in this process" in capsys.readouterr().err
+
+
+def exits_on_nine(z):
+    """Kills its worker process on every subset holding item 9."""
+    if z[9]:
+        import os
+
+        os._exit(3)
+    return score(z)
+
+
+def interrupts_on_nine(z):
+    """Raises KeyboardInterrupt (as Ctrl-C would) on a subset holding item 9."""
+    if z[9]:
+        raise KeyboardInterrupt
+    return score(z)
+
+
+def test_worker_calling_os_exit_is_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "partial.json"
+    code = main(
+        [
+            "optimize",
+            "test_optimize_cli:exits_on_nine",
+            "--n",
+            "10",
+            "--k",
+            "3",
+            "--budget",
+            "30",
+            "--method",
+            "random",
+            "--executor",
+            "process",
+            "--workers",
+            "2",
+            "--retries",
+            "0",
+            "--no-progress",
+            "--output",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "worker process died (exit code 3)" in err and "subset with items [" in err
+    assert json.loads(out.read_text())["n_failed"] >= 1
+
+
+def test_keyboard_interrupt_exits_130_with_the_partial_result(tmp_path, capsys):
+    out = tmp_path / "partial.json"
+    with pytest.warns(UserWarning, match="interrupted"):
+        code = main(
+            [
+                "optimize",
+                "test_optimize_cli:interrupts_on_nine",
+                "--n",
+                "10",
+                "--k",
+                "3",
+                "--budget",
+                "30",
+                "--method",
+                "random",
+                "--no-progress",
+                "--output",
+                str(out),
+            ]
+        )
+    assert code == 130 and "interrupted (KeyboardInterrupt)" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["interrupted"] is True and data["n_evaluations"] > 0
