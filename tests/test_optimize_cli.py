@@ -208,9 +208,10 @@ def exits_on_nine(z):
     return score(z)
 
 
-def interrupts_on_nine(z):
-    """Raises KeyboardInterrupt (as Ctrl-C would) on a subset holding item 9."""
-    if z[9]:
+def interrupts_on_sixth_call(z):
+    """Raises KeyboardInterrupt (as Ctrl-C would) in its sixth call."""
+    CALLED.append(1)
+    if len(CALLED) == 6:
         raise KeyboardInterrupt
     return score(z)
 
@@ -248,11 +249,12 @@ def test_worker_calling_os_exit_is_a_one_line_error(tmp_path, capsys):
 
 def test_keyboard_interrupt_exits_130_with_the_partial_result(tmp_path, capsys):
     out = tmp_path / "partial.json"
+    CALLED.clear()
     with pytest.warns(UserWarning, match="interrupted"):
         code = main(
             [
                 "optimize",
-                "test_optimize_cli:interrupts_on_nine",
+                "test_optimize_cli:interrupts_on_sixth_call",
                 "--n",
                 "10",
                 "--k",
@@ -268,4 +270,4 @@ def test_keyboard_interrupt_exits_130_with_the_partial_result(tmp_path, capsys):
         )
     assert code == 130 and "interrupted (KeyboardInterrupt)" in capsys.readouterr().out
     data = json.loads(out.read_text())
-    assert data["interrupted"] is True and data["n_evaluations"] > 0
+    assert data["interrupted"] is True and data["n_evaluations"] == 5

@@ -291,7 +291,9 @@ def test_journal_records_failures_and_refuses_foreign_files(tmp_path):
             journal=path,
             on_error="skip",
         )
-    entries = Journal(path, N, K).entries
+    journal = Journal(path, N, K)
+    journal.close()
+    entries = journal.entries
     assert len(entries) == ALL and "died" in entries[BAD][1] and math.isnan(entries[BAD][0])
     with pytest.raises(ValueError, match=r"run.jsonl was written for n=7, found n=8"):
         optimize(OBJ, 8, 3, budget=5, progress=False, journal=path)
@@ -299,6 +301,11 @@ def test_journal_records_failures_and_refuses_foreign_files(tmp_path):
     path.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
         run(OBJ, journal=path)
+    held = Journal(tmp_path / "held.jsonl", N, K)
+    with pytest.raises(ValueError, match="held.jsonl is in use by another run"):
+        run(OBJ, journal=tmp_path / "held.jsonl")
+    held.close()
+    assert run(OBJ, journal=tmp_path / "held.jsonl").n_evaluations == ALL
     other = tmp_path / "other.jsonl"
     other.write_text('{"hello": 1}\n')
     with pytest.raises(ValueError, match="is not a subset_rl.optimize journal"):

@@ -58,6 +58,21 @@ class Request:
 _HEADER = "subset_rl.optimize journal"
 
 
+def _lock(fd: int, path: Path) -> None:
+    """Takes an exclusive lock on the journal (released when ``fd`` is closed)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ValueError(
+            f"journal: {path} is in use by another run (it is locked); two runs cannot append "
+            "to one journal"
+        ) from None
+
+
 class Journal:
     """An append-only record of evaluations, one JSON object per line, to resume a killed run.
 
@@ -67,7 +82,9 @@ class Journal:
     went wrong). Lines are appended as evaluations complete and flushed to disk (``fsync``)
     before the run goes on, so a run killed at any moment loses at most the evaluations in
     flight. Opening an existing journal reads its evaluations back; a last line cut short by
-    the kill (no newline, or not valid JSON) is dropped and cut off the file.
+    the kill (no newline, or not valid JSON) is dropped and cut off the file. Failures are
+    journaled too, so a resumed run does not retry them (delete their lines to retry them). The
+    file is locked (``flock``) while open: a second run on the same journal is refused.
 
     Args:
         path: The journal file (created with its parent folders if missing).
@@ -75,8 +92,8 @@ class Journal:
         k: Subset size (recorded in the header, not checked).
 
     Raises:
-        ValueError: the file is not a journal, was written for another ``n``, or a line other
-            than the last is not a valid entry.
+        ValueError: the file is not a journal, was written for another ``n``, a line other
+            than the last is not a valid entry, or another run holds it.
     """
 
     def __init__(self, path: str | os.PathLike[str], n: int, k: int) -> None:
@@ -85,7 +102,17 @@ class Journal:
         if self.path.is_dir():
             raise ValueError(f"journal: {self.path} is a directory, expected a file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.path.read_bytes() if self.path.exists() else b""
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(self._fd, self.path)
+            data = self.path.read_bytes()
+            self._load(data, n, k)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+
+    def _load(self, data: bytes, n: int, k: int) -> None:
         lines = data.split(b"\n")
         keep = len(data) - len(lines[-1])  # bytes up to the last newline
         lines = lines[:-1]
@@ -123,7 +150,6 @@ class Journal:
                         f"({type(e).__name__}: {e})"
                     ) from e
                 self.entries[key] = (value, None if error is None else str(error))
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         os.ftruncate(self._fd, keep)
         os.lseek(self._fd, 0, os.SEEK_END)
         if not parsed:
