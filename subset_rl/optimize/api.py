@@ -134,7 +134,8 @@ def optimize(
             evaluations are replayed instead of calling ``f``: a run killed at any moment and
             started again with the same arguments resumes where it stopped, and never calls
             ``f`` again on a journaled subset (with the same seed the replayed run takes the
-            same path, so the result equals an uninterrupted run's).
+            same path, so the result equals an uninterrupted run's). Failures are journaled
+            and replayed too. The file is locked while the run holds it.
 
     Returns:
         An :class:`~subset_rl.optimize.OptimizeResult`: best subset and value (a real

@@ -1,19 +1,23 @@
 """Where the objective runs: in this process, in local worker processes, or on a Ray cluster.
 
 Every backend evaluates *chunks*, ``(m, n)`` arrays of subsets, with :func:`evaluate_chunk` and
-returns one :class:`Outcome` per row, in order; failures (an exception, a NaN or a non-scalar)
-come back as outcomes, never as exceptions, so that a failing subset does not take the others in
-its chunk down with it. The caller (:class:`~subset_rl.optimize.evaluation.Evaluator`) decides
+returns one :class:`Outcome` per row, in order; failures (an exception, a NaN, a value that is
+not a real number, a worker that died or timed out) come back as outcomes, never as exceptions,
+so that a failing subset does not take the others in its chunk down with it. Each outcome is
+also reported as soon as it is known (for the journal, and so that ``KeyboardInterrupt`` loses
+no completed evaluation). The caller (:class:`~subset_rl.optimize.evaluation.Evaluator`) decides
 what a failure means.
 
 Backends:
 
-* :class:`SerialBackend`: in this process (``executor=None`` or ``"serial"``).
-* :class:`PoolBackend`: a :class:`concurrent.futures.Executor`; ``executor="process"`` creates a
-  :class:`~concurrent.futures.ProcessPoolExecutor` with the ``spawn`` start method (safe with torch
-  threads), so the objective must be picklable: a module-level function or an instance of a
-  module-level class, not a lambda or a function defined inside another function. Scripts that use
-  it need the usual ``if __name__ == "__main__":`` guard.
+* :class:`SerialBackend`: in this process (``executor=None`` or ``"serial"``); no timeout.
+* :class:`PoolBackend`: a :class:`ProcessPool` (``executor="process"`` creates one per call;
+  pass one to keep it across calls) or any :class:`concurrent.futures.Executor`. The pool uses
+  the ``spawn`` start method (safe with torch threads), so the objective must be picklable: a
+  module-level function or an instance of a module-level class, not a lambda or a function
+  defined inside another function. Scripts that use it need the usual
+  ``if __name__ == "__main__":`` guard. The pool replaces a worker that dies and stops a call
+  that runs past the timeout; a plain ``Executor`` can do neither.
 * :class:`RayBackend`: Ray core tasks (``executor="ray"`` or a cluster address such as
   ``"ray://head:10001"`` or ``"auto"``). Ray pickles with cloudpickle, so lambdas and functions
   of the driver script work; a function from another module is pickled by reference, so that
