@@ -34,6 +34,8 @@ examples:
   subset-rl optimize mypkg.objectives:score --n 50 --k 5 --budget 2000 --method cem \\
       --executor process --workers 8 --output result.json
   subset-rl optimize mymod:batched_score --batched --n 50 --k 5 --budget 500 --device cuda
+  subset-rl optimize mypkg.sim:score --n 50 --k 5 --budget 2000 --executor process \\
+      --timeout 600 --on-error skip --journal run.jsonl   # rerun after a crash: resumes
   subset-rl optimize mymod:error --minimize --n 256 --k 10 --budget 1 --method qr \\
       --option basis=@modes.npy
 
