@@ -185,6 +185,24 @@ def test_hanging_objective_times_out_and_the_run_continues(tmp_path, pool):
     assert run(OBJ, executor=pool).n_failed == 0
 
 
+class HangingBatch:
+    """Batched objective that hangs on every batch holding the subset ``BAD``."""
+
+    def __call__(self, z):
+        if any(key_of(row) == BAD for row in z):
+            time.sleep(60)
+        return OBJ.batch(z)
+
+
+def test_batched_timeout_fails_the_whole_batch(pool):
+    with pytest.warns(UserWarning, match="4 of 35 evaluations failed"):
+        res = run(
+            HangingBatch(), executor=pool, on_error="skip", timeout=1.0, batched=True, batch=4
+        )
+    bad = [res.history.subsets[i] for i in res.history.errors]
+    assert BAD in bad and all(m.startswith("timed out") for m in res.history.errors.values())
+
+
 def test_timeout_is_refused_where_a_call_cannot_be_stopped():
     from concurrent.futures import ThreadPoolExecutor
 

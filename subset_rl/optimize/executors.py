@@ -570,7 +570,9 @@ class ProcessPool:
                 self._replace(i)
                 if self._lost > 3:
                     raise RuntimeError(
-                        f"the pool's worker processes keep dying outside the objective ({how})"
+                        f"the pool's worker processes keep dying outside the objective ({how}); "
+                        "their stderr says why (a script that starts a pool needs an "
+                        "`if __name__ == '__main__':` guard)"
                     )
                 return
             a, b, _ = w.call
