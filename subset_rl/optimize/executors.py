@@ -509,6 +509,9 @@ class ProcessPool:
                         continue
                     w.piece, w.call = (lo, hi, attempt), None
                 busy = [w for w in self._procs if w.piece is not None]
+                if not busy:  # every send failed (workers dying): replace them, try again
+                    time.sleep(0.01)
+                    continue
                 wait_for: float | None = None
                 if timeout is not None:
                     starts = [w.call[2] for w in busy if w.call is not None]
