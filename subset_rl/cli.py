@@ -114,6 +114,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, found {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -174,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "indirect parameterization (default: free for context-free envs)")
     train.add_argument("--max-grad-norm", type=_positive_float, default=None,
                        help="gradient clipping of the native agents")
-    train.add_argument("--ent-coef", type=float, default=None,
+    train.add_argument("--ent-coef", type=_nonnegative_float, default=None,
                        help="entropy bonus (sfess, ppo, a2c)")
     train.add_argument("--n-envs", type=_positive_int, default=None,
                        help=f"ppo/a2c: parallel envs (default {SB3_DEFAULTS['n_envs']})")
@@ -748,7 +758,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--agent sfess, ppo or a2c"
             )
     logdir = args.logdir or Path("runs") / f"{_slug(env_id)}-{args.agent}-{args.seed}"
-    logdir.mkdir(parents=True, exist_ok=True)
+    if logdir.exists() and not logdir.is_dir():
+        raise CLIError(f"--logdir {logdir} exists and is not a directory")
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        probe = logdir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise CLIError(f"--logdir {logdir} is not writable: {err.strerror or err}") from None
     from subset_rl.checkpoint import remove_stale_temporaries
 
     for folder in (logdir, logdir / "checkpoints"):  # left by a run killed mid-write

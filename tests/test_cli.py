@@ -178,6 +178,12 @@ BAD = {
     "missing checkpoint": (["eval", "/no/such/model.pt"], "no such checkpoint"),
     "unknown agent": (["train", "clitest/Overlap-v0", "--agent", "dqn"], "invalid choice"),
     "bad env kwargs": (["train", "clitest/Overlap-v0", "--env-kwargs", "[1]"], "JSON object"),
+    "nan entropy coefficient": (
+        ["train", "clitest/Overlap-v0", "--ent-coef", "nan"], "expected a finite number >= 0"
+    ),
+    "negative entropy coefficient": (
+        ["train", "clitest/Overlap-v0", "--ent-coef", "-1"], "expected a finite number >= 0"
+    ),
 }
 if not torch.cuda.is_available():
     BAD["cuda missing"] = (
@@ -195,6 +201,16 @@ def test_usage_errors_exit_2_with_one_line(case, tmp_path, capsys):
     assert "Traceback" not in err and "Traceback" not in out
     assert err.strip().splitlines()[-1].startswith("subset-rl")
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_logdir_that_is_a_file_is_a_one_line_error(inside, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    logdir = blocker / "run" if inside else blocker
+    code, out, err = run(capsys, "train", "clitest/Overlap-v0", "--logdir", str(logdir))
+    assert code == 2 and "--logdir" in err and "Traceback" not in err + out
+    assert len(err.strip().splitlines()) == 1 and blocker.read_text() == "not a folder"
 
 
 def test_eval_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
