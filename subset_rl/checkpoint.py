@@ -32,7 +32,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -152,17 +152,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_name(path), suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(path.parent)
+    with _replacing(path, tmp), os.fdopen(fd, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -181,7 +174,7 @@ def link_latest(source: str | os.PathLike, latest: str | os.PathLike) -> None:
     """Makes ``latest`` the same file as ``source`` atomically (a hard link, else a copy)."""
     source, latest = Path(source), Path(latest)
     tmp = latest.parent / f"{_temp_name(latest)}{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    try:
+    with _replacing(latest, tmp):
         try:
             os.link(source, tmp)
         except OSError:  # no hard links on this file system
@@ -189,12 +182,20 @@ def link_latest(source: str | os.PathLike, latest: str | os.PathLike) -> None:
                 shutil.copyfileobj(src, dst)
                 dst.flush()
                 os.fsync(dst.fileno())
-        os.replace(tmp, latest)
+
+
+@contextlib.contextmanager
+def _replacing(target: Path, tmp: str | os.PathLike) -> Iterator[None]:
+    """Renames ``tmp`` over ``target`` when the block succeeds (then fsyncs the folder); removes
+    ``tmp`` if it fails, so no temporary file outlives a failed or interrupted write."""
+    try:
+        yield
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    _fsync_dir(latest.parent)
+    _fsync_dir(target.parent)
 
 
 def _alive(pid: int) -> bool:

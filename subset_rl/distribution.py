@@ -20,6 +20,7 @@ from .poisson_binomial import (
     Method,
     check_k,
     check_logits,
+    check_tensor,
     compute_dtype,
     log_normalizer_2d,
     make_layout,
@@ -93,12 +94,7 @@ class KSubsetPolicy(Distribution):
         method: Method = "auto",
         validate_args: bool | None = None,
     ) -> None:
-        if not isinstance(logits, Tensor):
-            raise TypeError(f"logits must be a torch.Tensor, found {type(logits).__name__}")
-        if logits.dim() < 1:
-            raise ValueError("logits must have at least 1 dimension (..., n), found shape ()")
-        if not logits.is_floating_point():
-            raise TypeError(f"logits must be a floating-point tensor, found dtype {logits.dtype}")
+        logits = check_tensor(logits)
         n = logits.shape[-1]
         self.k = check_k(k, n)
         if sampler not in SAMPLERS:
