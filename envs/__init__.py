@@ -14,11 +14,19 @@ that scores ``(samples, batch, n)`` k-hot actions against contexts drawn with a
 ``torch.Generator``. In subprocesses (``SubprocVecEnv``, ``AsyncVectorEnv``) use the id with its
 module prefix, ``"subset_rl.envs:subset_rl/KNNVoting-v0"``, so the child imports this package and
 finds the registration.
+
+Forked children (``AsyncVectorEnv``'s and ``multiprocessing``'s default ``fork`` context) run
+torch with one intra-op thread: torch's CPU wheels use GNU OpenMP, whose thread pool does not
+survive ``fork``, so the first parallel torch op in a child of a parent that already ran one
+waits forever. PyTorch's own ``DataLoader`` workers do the same.
 """
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
+import torch
 
 from .base import SubsetEnv
 from .blackbox import BlackBoxObjective, BlackBoxSubsetEnv, make_blackbox_env
@@ -81,3 +89,12 @@ ENV_IDS: dict[str, str] = {
 for _env_id, _entry_point in ENV_IDS.items():
     if _env_id not in gym.registry:
         gym.register(id=_env_id, entry_point=_entry_point, nondeterministic=False)
+
+
+def _one_torch_thread_in_forked_child() -> None:
+    """Runs in every child forked after this import: one torch thread (see the module doc)."""
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only; spawn-started children need nothing
+    os.register_at_fork(after_in_child=_one_torch_thread_in_forked_child)
