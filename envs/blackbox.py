@@ -7,23 +7,68 @@ original exception chained.
 
 from __future__ import annotations
 
+import importlib
 import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.error import MissingArgument
 from numpy.typing import ArrayLike
 
 from ._validation import as_index_mask, check_float, check_int, describe_items
 from .base import SubsetEnv
 from .objective import Context, ObjectiveError, SubsetObjective, finite_or_raise, placeholder_obs
 
-__all__ = ["BlackBoxObjective", "BlackBoxSubsetEnv", "make_blackbox_env"]
+__all__ = ["BlackBoxObjective", "BlackBoxSubsetEnv", "import_callable", "make_blackbox_env"]
 
 
 def _callable_name(f: Callable[..., Any]) -> str:
     return getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or repr(f)
+
+
+def import_callable(name: str) -> Callable[..., Any]:
+    """Imports a callable named ``"module:attribute"`` (the attribute may be dotted).
+
+    The form of Gymnasium's entry points; it keeps an env spec JSON-able when the objective is a
+    module-level function.
+
+    Example:
+        >>> import_callable("numpy:sum") is np.sum
+        True
+
+    Args:
+        name: ``"package.module:function"`` or ``"package.module:Class.method"``.
+
+    Returns:
+        The callable.
+
+    Raises:
+        TypeError: If ``name`` is not a string or names something that is not callable.
+        ValueError: If ``name`` is malformed, the module cannot be imported or has no such
+            attribute.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"f: expected a 'module:function' string, found {type(name).__name__}")
+    module_name, sep, attribute = name.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(
+            f"f: expected a callable or a 'module:function' string such as "
+            f"'my_package.objectives:score', found {name!r}"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"f: cannot import module {module_name!r} named in {name!r}: {e}") from e
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            raise ValueError(f"f: {name!r}: no attribute {part!r} in {obj!r}") from e
+    if not callable(obj):
+        raise TypeError(f"f: {name!r} names a {type(obj).__name__}, not a callable")
+    return obj
 
 
 class BlackBoxObjective(SubsetObjective):
@@ -33,7 +78,8 @@ class BlackBoxObjective(SubsetObjective):
         f: With ``batched=False``: called once per action with a ``float64`` numpy array of shape
             ``(n,)`` holding 0s and 1s, returns a real scalar. With ``batched=True``: called once
             with a tensor of shape ``(samples, batch, n)`` (``dtype``, on ``device``), returns
-            a tensor (or array) of shape ``(samples, batch)``.
+            a tensor (or array) of shape ``(samples, batch)``. A ``"module:function"`` string
+            is imported (:func:`import_callable`).
         n: Number of items.
         k: Number of items to choose.
         batched: Whether ``f`` takes whole batches.
@@ -47,7 +93,7 @@ class BlackBoxObjective(SubsetObjective):
 
     def __init__(
         self,
-        f: Callable[[Any], Any],
+        f: Callable[[Any], Any] | str,
         n: int,
         k: int,
         *,
@@ -58,8 +104,12 @@ class BlackBoxObjective(SubsetObjective):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        if isinstance(f, str):
+            f = import_callable(f)
         if not callable(f):
-            raise TypeError(f"f: expected a callable, found {type(f).__name__}")
+            raise TypeError(
+                f"f: expected a callable or a 'module:function' string, found {type(f).__name__}"
+            )
         if not isinstance(batched, bool):
             raise TypeError(f"batched: expected a bool, found {type(batched).__name__}")
         if not isinstance(differentiable, bool):
@@ -172,10 +222,14 @@ class BlackBoxSubsetEnv(SubsetEnv):
     ``objective``, ``action_valid``, and ``is_success`` when ``success_threshold`` is given.
 
     ## Arguments
-    ``f``, ``n``, ``k`` (required), ``batched`` (False), ``forbidden`` (None),
+    ``f``, ``n``, ``k`` (required: ``gym.make`` without them raises
+    ``gymnasium.error.MissingArgument``), ``batched`` (False), ``forbidden`` (None),
     ``success_threshold`` (None), ``device`` ("cpu"), ``invalid_action`` ("raise"),
-    ``invalid_penalty`` (-1), ``horizon`` (1). Pickling the env pickles ``f``: use a module-level
-    function (or cloudpickle) for multiprocessing.
+    ``invalid_penalty`` (-1), ``horizon`` (1), ``render_mode`` (None or ``"rgb_array"``: the
+    items, chosen ones lit). ``f`` may be a ``"module:function"`` string, imported on
+    construction: then ``env.spec.to_json()`` works and the spec remakes the env, in this
+    process or another. Pickling the env pickles ``f``: use a module-level function (or
+    cloudpickle) for multiprocessing.
 
     ## Version History
     * v0: Initial version.
@@ -183,9 +237,9 @@ class BlackBoxSubsetEnv(SubsetEnv):
 
     def __init__(
         self,
-        f: Callable[[Any], Any],
-        n: int,
-        k: int,
+        f: Callable[[Any], Any] | str | None = None,
+        n: int | None = None,
+        k: int | None = None,
         *,
         batched: bool = False,
         invalid_action: str = "raise",
@@ -194,6 +248,14 @@ class BlackBoxSubsetEnv(SubsetEnv):
         render_mode: str | None = None,
         **objective_kwargs: Any,
     ) -> None:
+        missing = [name for name, value in (("f", f), ("n", n), ("k", k)) if value is None]
+        if missing:
+            raise MissingArgument(
+                f"BlackBoxSubset-v0 needs the objective f and the sizes n and k; missing "
+                f"{', '.join(missing)}. Example: gym.make('subset_rl/BlackBoxSubset-v0', "
+                "f='my_package.objectives:score', n=10, k=3) (a 'module:function' string keeps "
+                "the spec JSON-able; any callable works too)"
+            )
         objective = BlackBoxObjective(f, n, k, batched=batched, **objective_kwargs)
         super().__init__(
             objective,
@@ -205,7 +267,7 @@ class BlackBoxSubsetEnv(SubsetEnv):
 
 
 def make_blackbox_env(
-    f: Callable[[Any], Any], n: int, k: int, batched: bool = False, **kwargs: Any
+    f: Callable[[Any], Any] | str, n: int, k: int, batched: bool = False, **kwargs: Any
 ) -> BlackBoxSubsetEnv:
     """Builds a :class:`BlackBoxSubsetEnv` around ``f``.
 
@@ -218,7 +280,7 @@ def make_blackbox_env(
         9.0
 
     Args:
-        f: The function (see :class:`BlackBoxObjective`).
+        f: The function (see :class:`BlackBoxObjective`) or its ``"module:function"`` name.
         n: Number of items.
         k: Number of items to choose.
         batched: Whether ``f`` scores ``(samples, batch, n)`` torch tensors at once.

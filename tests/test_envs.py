@@ -173,7 +173,7 @@ def test_every_id_is_registered_and_makes() -> None:
         obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
         assert type(reward) is float and terminated is True and truncated is False
         assert info["action_valid"] is True and np.isfinite(info["objective"])
-    with pytest.raises(TypeError, match="f"):
+    with pytest.raises(gym.error.MissingArgument, match="missing f, n, k"):
         gym.make("subset_rl/BlackBoxSubset-v0")
 
 
