@@ -24,8 +24,21 @@ from numpy.typing import ArrayLike, NDArray
 from subset_rl.data import Dataset, as_dataset, train_test_split
 
 from ._validation import as_float_vector, as_index_mask, check_choice, check_float, check_int
-from .base import SubsetEnv
+from .base import (
+    BAD,
+    GOOD,
+    SubsetEnv,
+    bar_panel,
+    cell_size,
+    colormap,
+    grid_shape,
+    hstack_panels,
+    upscale,
+)
 from .objective import Context, SubsetObjective
+
+_GRAY = np.array([[0, 0, 0], [255, 255, 255]], dtype=np.float64)
+_IMAGE_DATASETS = ("digits", "mnist", "fashion")
 
 __all__ = [
     "FeatureAcquisitionEnv",
@@ -306,7 +319,18 @@ class FeatureAcquisitionEnv(SubsetEnv):
     ``free_features`` (None), ``reward`` ("correct"), ``feature_cost`` (0), ``split`` ("test"),
     ``test_fraction`` (0.25), ``data_seed`` (0), ``classifier`` (None: trained and cached per
     process), ``classifier_kwargs`` (None), ``device`` ("cpu"), ``invalid_action`` ("raise"),
-    ``invalid_penalty`` (-1), ``horizon`` (1); see :class:`FeatureAcquisitionObjective`.
+    ``invalid_penalty`` (-1), ``horizon`` (1), ``render_mode`` (None), ``image_shape`` (None:
+    ``(8, 8)`` for digits, ``(28, 28)`` for MNIST, else a near-square grid of the features); see
+    :class:`FeatureAcquisitionObjective`.
+
+    ## Rendering
+    ``render_mode="rgb_array"`` gives three panels of the last step's instance: all its features,
+    the features the classifier saw (acquired and free; the missing ones dark blue on images,
+    grey otherwise), and the
+    classifier's class probabilities as bars (the true class green, a wrong prediction red).
+    Image data (digits, MNIST) is drawn as the image in grey levels; other data as a grid of
+    features, each coloured (viridis) on its own range in the data. ``render_mode="human"``
+    shows the same picture with matplotlib.
 
     ## Version History
     * v0: Initial version.
@@ -321,6 +345,7 @@ class FeatureAcquisitionEnv(SubsetEnv):
         invalid_penalty: float = -1.0,
         horizon: int = 1,
         render_mode: str | None = None,
+        image_shape: tuple[int, int] | None = None,
         **objective_kwargs: Any,
     ) -> None:
         objective = FeatureAcquisitionObjective(dataset, k, **objective_kwargs)
@@ -331,3 +356,73 @@ class FeatureAcquisitionEnv(SubsetEnv):
             horizon=horizon,
             render_mode=render_mode,
         )
+        n = objective.n
+        self._image = image_shape is not None
+        if image_shape is None:
+            side = int(round(np.sqrt(n)))
+            name = objective.dataset.name.lower()
+            self._image = side * side == n and name.startswith(_IMAGE_DATASETS)
+            image_shape = (side, side) if self._image else grid_shape(n)
+        else:
+            try:
+                rows, cols = (check_int("image_shape", d, minimum=1) for d in image_shape)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"image_shape: expected (rows, cols) with rows * cols = {n}, found "
+                    f"{image_shape!r}"
+                ) from None
+            if rows * cols != n:
+                raise ValueError(
+                    f"image_shape: expected (rows, cols) with rows * cols = {n}, found "
+                    f"{image_shape!r}"
+                )
+            image_shape = (rows, cols)
+        self.image_shape: tuple[int, int] = image_shape
+        X = objective.dataset.X
+        if self._image:
+            self._low = np.full(n, float(X.min()))
+            self._high = np.full(n, float(X.max()))
+        else:
+            self._low, self._high = X.min(axis=0), X.max(axis=0)
+
+    def _draw(
+        self, context: Any, z: NDArray[np.int8] | None, info: dict[str, Any]
+    ) -> NDArray[np.uint8]:
+        objective: FeatureAcquisitionObjective = self.objective  # type: ignore[assignment]
+        rows, cols = self.image_shape
+        cell = cell_size(rows, cols)
+        bars = np.full(objective.n_classes, 0.0)
+        colors = np.empty((objective.n_classes, 3), np.uint8)
+        colors[:] = (150, 150, 150)
+        if not isinstance(context, FeatureContext):
+            blank = np.full((rows * cell, cols * cell, 3), 235, np.uint8)
+            return hstack_panels([blank, blank, bar_panel(bars, colors, blank.shape[0])])
+        x = context.features[0].detach().cpu().double().numpy()
+        span = np.where(self._high > self._low, self._high - self._low, 1.0)
+        scaled = (x - self._low) / span
+        stops = _GRAY if self._image else None
+
+        def panel(values: NDArray[np.float64]) -> NDArray[np.uint8]:
+            flat = np.full(rows * cols, np.nan)
+            flat[: values.size] = values
+            if stops is None:  # viridis; grey for missing features
+                rgb = colormap(flat, 0.0, 1.0, missing=np.array([150, 150, 150], np.uint8))
+            else:  # grey levels; dark blue for missing pixels
+                rgb = colormap(flat, 0.0, 1.0, stops)
+            rgb[values.size :] = 255
+            return upscale(rgb.reshape(rows, cols, 3), cell)
+
+        seen = objective.free.copy()
+        if z is not None:
+            seen |= np.asarray(z) != 0
+        acquired = panel(np.where(seen, scaled, np.nan))
+        full = panel(scaled)
+        if z is not None:
+            label = int(context.label[0])
+            proba = objective.predict_proba(np.asarray(z)[None], x[None])[0]
+            bars = proba
+            predicted = int(np.argmax(proba))
+            if predicted != label:
+                colors[predicted] = BAD
+            colors[label] = GOOD
+        return hstack_panels([full, acquired, bar_panel(bars, colors, full.shape[0])])

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from subset_rl.data import Dataset, as_dataset, train_test_split
 from subset_rl.data import standardize as standardize_features
 
 from ._validation import check_choice, check_float, check_int
-from .base import SubsetEnv
+from .base import BAD, GOOD, UNCHOSEN, SubsetEnv, bar_panel, grid_panel, hstack_panels
 from .objective import Context, SubsetObjective
 
 __all__ = [
@@ -343,7 +343,13 @@ class KNNVotingEnv(SubsetEnv):
     ``dataset`` ("digits"), ``n`` (100), ``k`` (5), ``reward`` ("majority"), ``tie_break``
     ("split"), ``split`` ("train"), ``standardize`` (True), ``test_fraction`` (0.25),
     ``data_seed`` (0), ``device`` ("cpu"), ``invalid_action`` ("raise"), ``invalid_penalty``
-    (-1), ``horizon`` (1); see :class:`KNNVotingObjective`.
+    (-1), ``horizon`` (1), ``render_mode`` (None); see :class:`KNNVotingObjective`.
+
+    ## Rendering
+    ``render_mode="rgb_array"`` gives the ``n`` candidates on a grid, green where their label is
+    the query's and grey where not, the chosen ones bright (green) or red, and the vote: one bar
+    per class, the share of the ``k`` votes it got (the query's class green).
+    ``render_mode="human"`` shows the same picture with matplotlib.
 
     ## Version History
     * v0: Initial version.
@@ -369,3 +375,26 @@ class KNNVotingEnv(SubsetEnv):
             horizon=horizon,
             render_mode=render_mode,
         )
+
+    def _draw(
+        self, context: Any, z: NDArray[np.int8] | None, info: dict[str, Any]
+    ) -> NDArray[np.uint8]:
+        objective: KNNVotingObjective = self.objective  # type: ignore[assignment]
+        colors = np.empty((self.n, 3), np.uint8)
+        colors[:] = UNCHOSEN
+        votes = np.zeros(objective.n_classes)
+        bar_colors = np.empty((objective.n_classes, 3), np.uint8)
+        bar_colors[:] = (150, 150, 150)
+        if isinstance(context, KNNContext):
+            labels = context.candidate_labels[0].cpu().numpy()
+            query = int(context.query_label[0])
+            same = labels == query
+            colors[same] = (150, 210, 150)
+            bar_colors[query] = GOOD
+            if z is not None:
+                chosen = np.asarray(z) != 0
+                colors[chosen & same] = GOOD
+                colors[chosen & ~same] = BAD
+                votes = np.bincount(labels[chosen], minlength=objective.n_classes) / self.k
+        grid = grid_panel(colors)
+        return hstack_panels([grid, bar_panel(votes, bar_colors, grid.shape[0])])

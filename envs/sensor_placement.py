@@ -27,7 +27,16 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 
 from ._validation import as_float_vector, as_index_mask, check_float, check_int
-from .base import SubsetEnv
+from .base import (
+    FORBIDDEN,
+    SubsetEnv,
+    cell_size,
+    colormap,
+    hot_colormap,
+    hstack_panels,
+    mark_cells,
+    upscale,
+)
 from .objective import Context, SubsetObjective, placeholder_obs
 
 __all__ = [
@@ -414,8 +423,16 @@ class SensorPlacementEnv(SubsetEnv):
     ``k`` (10), ``shape`` ((16, 16)), ``rank`` (10), ``length_scale`` (0.3), ``n_train`` (500),
     ``n_test`` (100), ``fields`` (None: synthetic), ``test_fraction`` (0.2), ``noise_std`` (0),
     ``forbidden`` (None), ``sensor_cost`` (0), ``success_threshold`` (0.1), ``data_seed`` (0),
-    ``device`` ("cpu"), ``invalid_action`` ("raise"), ``invalid_penalty`` (-1), ``horizon`` (1);
-    see :class:`SensorPlacementObjective` and :class:`SubsetEnv`.
+    ``device`` ("cpu"), ``invalid_action`` ("raise"), ``invalid_penalty`` (-1), ``horizon`` (1),
+    ``render_mode`` (None); see :class:`SensorPlacementObjective` and :class:`SubsetEnv`.
+
+    ## Rendering
+    ``render_mode="rgb_array"`` gives three panels of the last step's snapshot: the true field,
+    the reconstruction from the chosen sensors (both in viridis on the true field's range, the
+    sensors marked as white squares, forbidden cells black), and the absolute error (black to
+    white over the field's range). Before the first step only the field is drawn. 1-d fields are
+    one row; 3-d fields ``(A, B, C)`` are drawn as ``A`` rows of ``B * C`` cells.
+    ``render_mode="human"`` shows the same picture with matplotlib.
 
     ## Version History
     * v0: Initial version.
@@ -439,3 +456,37 @@ class SensorPlacementEnv(SubsetEnv):
             horizon=horizon,
             render_mode=render_mode,
         )
+
+    def _draw(
+        self, context: Any, z: NDArray[np.int8] | None, info: dict[str, Any]
+    ) -> NDArray[np.uint8]:
+        objective: SensorPlacementObjective = self.objective  # type: ignore[assignment]
+        shape = objective.shape
+        rows, cols = (1, shape[0]) if len(shape) == 1 else (shape[0], int(np.prod(shape[1:])))
+        cell = cell_size(rows, cols)
+        blank = np.full((rows * cell, cols * cell, 3), 235, np.uint8)
+        if not isinstance(context, SensorContext):
+            return hstack_panels([blank, blank, blank])
+        field = context.fields[0].detach().cpu().double().numpy()
+        low, high = float(field.min()), float(field.max())
+        forbidden = np.flatnonzero(~objective.allowed_np)
+
+        def panel(values: NDArray[np.float64] | None, hot: bool = False) -> NDArray[np.uint8]:
+            if values is None:
+                return blank.copy()
+            colors = hot_colormap(values, high - low) if hot else colormap(values, low, high)
+            colors[forbidden] = FORBIDDEN
+            return upscale(colors.reshape(rows, cols, 3), cell)
+
+        truth, reconstruction, error = panel(field), panel(None), panel(None)
+        if z is not None:
+            zt = torch.as_tensor(np.asarray(z), device=objective.device).view(1, 1, -1)
+            with torch.no_grad():
+                x_hat = objective.reconstruct(zt, context.fields[:1], context.noise[:1])
+            x_hat_np = x_hat[0, 0].detach().cpu().double().numpy()
+            reconstruction = panel(x_hat_np)
+            error = panel(np.abs(x_hat_np - field), hot=True)
+            chosen = np.flatnonzero(np.asarray(z))
+            mark_cells(truth, chosen, cols, cell)
+            mark_cells(reconstruction, chosen, cols, cell)
+        return hstack_panels([truth, reconstruction, error])

@@ -322,8 +322,8 @@ def test_bad_env_arguments() -> None:
         make("blackbox", invalid_action="clip")
     with pytest.raises(ValueError, match="horizon"):
         make("blackbox", horizon=0)
-    with pytest.raises(TypeError, match="render_mode"):
-        E.BlackBoxSubsetEnv(weighted_sum, 4, 2, render_mode="human")
+    with pytest.raises(ValueError, match=r"render_mode: expected None or one of \['human', "):
+        E.BlackBoxSubsetEnv(weighted_sum, 4, 2, render_mode="ansi")
     with pytest.raises(TypeError, match="f: expected a callable"):
         E.BlackBoxSubsetEnv(3, 4, 2)
     with pytest.raises(ValueError, match=r"k: expected an int in \[1, 4\], found 5"):
