@@ -9,13 +9,14 @@
     subset-rl optimize mymodule:f --n 50 --k 5 --budget 2000 # see subset_rl.optimize.cli
 
 ``train`` shows a progress bar (``--quiet`` hides it), writes TensorBoard logs, periodic
-checkpoints and the final model under ``--logdir`` (default ``runs/<env>-<agent>-<seed>``), then
-prints a table: the trained policy's deterministic reward on held-out contexts drawn from a fixed
-evaluation generator, the baselines of that env on the *same* contexts (uniformly random
-k-subsets for every env; QR pivoting for sensor placement; the k nearest candidates for k-NN
-voting; the highest-variance features for feature acquisition), and the wall time. It also saves
-a picture of what was selected (see :mod:`subset_rl.plots`). ``eval`` reloads a model (the env id
-is stored in it) and prints the same table.
+checkpoints and the final model under ``--logdir`` (default ``runs/<env>-<agent>-<seed>``; a
+folder that already holds a run is left alone and the new run goes to ``<logdir>_2``, ``_3``, ...,
+as printed), then prints a table: the trained policy's deterministic reward on held-out
+contexts drawn from a fixed evaluation generator, the baselines of that env on the *same*
+contexts (uniformly random k-subsets for every env; QR pivoting for sensor placement; the k
+nearest candidates for k-NN voting; the highest-variance features for feature acquisition), and
+the wall time. It also saves a picture of what was selected (see :mod:`subset_rl.plots`).
+``eval`` reloads a model (the env id is stored in it) and prints the same table.
 
 Any env with a :class:`~subset_rl.envs.KHot` action space works, including your own: pass
 ``your_module:your_ns/YourEnv-v0`` so that the module registering it is imported.
@@ -195,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
     train.add_argument("--logdir", type=Path, default=None,
                        help="TensorBoard logs, checkpoints, model and plot (default "
-                       "runs/<env>-<agent>-<seed>)")
+                       "runs/<env>-<agent>-<seed>; if it already holds a run, the first of "
+                       "DIR_2, DIR_3, ... that does not)")
     train.add_argument("--checkpoint-freq", type=_positive_int, default=None,
                        help="steps between checkpoints (default: 5 per run)")
     _add_eval_options(train)
@@ -732,6 +734,51 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+_RUN_FILES: tuple[str, ...] = ("run.json", "model.pt", "model.zip", "checkpoints")
+"""What a finished or interrupted ``train`` leaves in its folder (besides TensorBoard logs)."""
+
+
+def _holds_run(folder: Path) -> bool:
+    """Whether ``folder`` already holds a training run: TensorBoard event files or a model.
+
+    Args:
+        folder: A run folder (it need not exist).
+
+    Returns:
+        ``True`` if it has any of :data:`_RUN_FILES` or an ``events.out.tfevents.*`` file at any
+        depth (SB3 writes them into ``PPO_1/`` and the like).
+    """
+    if not folder.is_dir():
+        return False
+    if any((folder / name).exists() for name in _RUN_FILES):
+        return True
+    return next(folder.rglob("events.out.tfevents.*"), None) is not None
+
+
+def _fresh_run_dir(logdir: Path) -> Path:
+    """The folder a new run writes to: ``logdir``, or ``logdir_2``, ``_3``, ... if it holds a run.
+
+    A second run into the same folder would add a second TensorBoard log next to the first (the
+    curves zig-zag between the two) and replace the model, so it goes to the first numbered
+    sibling that holds no run, the way SB3 numbers ``PPO_1``, ``PPO_2``.
+
+    Args:
+        logdir: The requested folder.
+
+    Returns:
+        ``logdir`` itself when it does not exist or holds no run, else the numbered sibling.
+    """
+    if not _holds_run(logdir):
+        return logdir
+    base = logdir if logdir.name not in ("", ".", "..") else logdir.resolve()
+    number = 2
+    while True:
+        candidate = base.with_name(f"{base.name}_{number}")
+        if not candidate.exists() or (candidate.is_dir() and not _holds_run(candidate)):
+            return candidate
+        number += 1
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``subset-rl train``: train, evaluate against the baselines, save model and plot."""
     start = time.perf_counter()
@@ -760,6 +807,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     logdir = args.logdir or Path("runs") / f"{_slug(env_id)}-{args.agent}-{args.seed}"
     if logdir.exists() and not logdir.is_dir():
         raise CLIError(f"--logdir {logdir} exists and is not a directory")
+    requested, logdir = logdir, _fresh_run_dir(logdir)
+    if logdir != requested:  # shown even with --quiet: the run is not where it was asked to go
+        print(f"{requested} holds an earlier run; this run writes to {logdir}", file=sys.stderr)
     try:
         logdir.mkdir(parents=True, exist_ok=True)
         probe = logdir / f".write-test-{os.getpid()}"

@@ -226,3 +226,61 @@ def test_optimize_subcommand_is_wired_in(capsys):
                          "--budget", "60", "--method", "random", "--seed", "0", "--no-progress")
     assert code == 0, err
     assert "best value" in out
+
+
+def test_train_into_a_folder_with_a_run_makes_a_numbered_one(tmp_path, capsys):
+    """A second run never adds a TensorBoard log to the first run's folder (curves would
+    zig-zag): it goes to ``<logdir>_2``, then ``_3``, and says so even with ``--quiet``."""
+    logdir = tmp_path / "run"
+    argv = ["train", "clitest/Overlap-v0", "--steps", "3", "--batch-size", "1", "--num-samples",
+            "2", "--eval-contexts", "2", "--quiet", "--no-plot", "--logdir", str(logdir)]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "earlier run" not in err
+    first = sorted(logdir.glob("events.out.tfevents.*"))
+    model_bytes = (logdir / "model.pt").read_bytes()
+    for number in (2, 3):
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        numbered = tmp_path / f"run_{number}"
+        previous = logdir if number == 2 else tmp_path / "run_2"
+        assert f"{previous} holds an earlier run; this run writes to {numbered}" in err or (
+            f"{logdir} holds an earlier run; this run writes to {numbered}" in err
+        )
+        assert str(numbered / "model.pt") in out  # the printed paths are the new folder's
+        assert len(list(numbered.glob("events.out.tfevents.*"))) == 1
+        assert (numbered / "model.pt").is_file() and (numbered / "run.json").is_file()
+    assert sorted(logdir.glob("events.out.tfevents.*")) == first  # the first run untouched
+    assert (logdir / "model.pt").read_bytes() == model_bytes
+
+
+def test_train_uses_an_existing_folder_that_holds_no_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, out, err = run(capsys, "train", "clitest/Overlap-v0", "--steps", "2", "--batch-size",
+                         "1", "--num-samples", "2", "--eval-contexts", "2", "--quiet",
+                         "--no-plot", "--logdir", str(tmp_path))
+    assert code == 0, err
+    assert "earlier run" not in err and (tmp_path / "model.pt").is_file()
+    assert not (tmp_path.parent / f"{tmp_path.name}_2").exists()
+
+
+@pytest.mark.parametrize(
+    "layout, expected",
+    [
+        ({}, "run"),                                             # does not exist yet
+        ({"run/notes.txt": "x"}, "run"),                         # exists, holds no run
+        ({"run/events.out.tfevents.1.host": ""}, "run_2"),       # a native agent's log
+        ({"run/PPO_1/events.out.tfevents.1.host": ""}, "run_2"),  # SB3's log, one level down
+        ({"run/model.zip": ""}, "run_2"),
+        ({"run/run.json": "{}", "run_2": "a file"}, "run_3"),   # a file is skipped
+        ({"run/model.pt": "", "run_2/model.pt": "", "run_3/x": ""}, "run_3"),
+    ],
+)
+def test_fresh_run_dir(tmp_path, layout, expected):
+    from subset_rl.cli import _fresh_run_dir
+
+    for name, text in layout.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert _fresh_run_dir(tmp_path / "run") == tmp_path / expected
