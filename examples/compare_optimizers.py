@@ -21,8 +21,10 @@ Usage::
     python examples/compare_optimizers.py --quick    # smoke run, well under a minute
     python examples/compare_optimizers.py --executor process --workers 2   # parallel objective
 
-Outputs (``--out``, default ``examples/results/optimize/``, ``quick/`` inside it with
-``--quick``): ``summary.csv`` (mean/std over seeds of the best value at a few budgets, the
+Outputs (``--out``, default ``runs/optimize/``, or ``runs/optimize/quick/`` with ``--quick``;
+the committed tables are rewritten only when their folder is named:
+``--out examples/results/optimize``, ``--quick --out examples/results/optimize/quick``):
+``summary.csv`` (mean/std over seeds of the best value at a few budgets, the
 evaluations used and the wall time), ``curves.csv`` (best-so-far of every run on a grid of
 evaluation counts) and ``compare_optimizers.png``.
 """
@@ -53,6 +55,7 @@ from subset_rl.optimize import (
 METHODS = ("sfess", "cem", "annealing", "random", "greedy", "qr")
 DETERMINISTIC = ("greedy", "qr")
 CHECKPOINTS = (0.1, 0.25, 0.5, 1.0)  # fractions of the budget reported in the table
+DEFAULT_OUT = Path("runs/optimize")  # git-ignored: a run never rewrites the committed results
 
 
 @dataclass
@@ -247,10 +250,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default 3, quick 1)")
     parser.add_argument("--executor", default=None, help="serial (default), process or ray")
     parser.add_argument("--workers", type=int, default=None, help="parallel workers")
-    parser.add_argument("--out", type=Path, default=Path("examples/results/optimize"))
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help=f"output folder (default {DEFAULT_OUT}, or {DEFAULT_OUT / 'quick'} with --quick)",
+    )
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
-    out = args.out / "quick" if args.quick else args.out
+    out = args.out
+    if out is None:
+        out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
     start = time.perf_counter()
     if args.executor == "ray":  # one local instance for all runs (optimize would start one each)
         import ray

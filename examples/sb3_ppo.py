@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ def feature_acquisition(args: argparse.Namespace) -> None:
         learning_rate=0.1,
         device=args.device,
         seed=args.seed,
-        tensorboard_log=args.logdir,
+        tensorboard_log=numbered_folder(Path(args.logdir), "sfess"),  # sfess_1, sfess_2, ...
     )
     start = time.perf_counter()
     sfess.learn(max(1, args.steps // per_step))
@@ -163,6 +164,15 @@ def bernoulli_comparison(args: argparse.Namespace) -> None:
         )
 
 
+def numbered_folder(parent: Path, name: str) -> Path:
+    """``parent/name_1``, or the first ``name_2``, ``name_3``, ... not yet there (SB3's numbering
+    of ``ppo_khot_1``, ...), so a second run never adds its TensorBoard log to the first's."""
+    number = 1
+    while (parent / f"{name}_{number}").exists():
+        number += 1
+    return parent / f"{name}_{number}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4096, help="env steps (objective calls)")
@@ -170,7 +180,10 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--logdir", default="runs/sb3_ppo")
+    parser.add_argument(
+        "--out", "--logdir", dest="logdir", default="runs/sb3_ppo",
+        help="folder of the TensorBoard logs (each run adds numbered ppo_khot_N/ and sfess_N/)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     feature_acquisition(args)

@@ -29,8 +29,9 @@ Usage::
     python examples/toy_gradients.py            # full study (10 seeds x 10,000 estimates)
     python examples/toy_gradients.py --quick    # smoke run (2 seeds x 1,000 estimates)
 
-Outputs (``--out``, default ``examples/results/toy_gradients/``, or its ``quick/`` subfolder with
-``--quick``): ``summary.csv`` (mean and std over seeds), ``per_seed.csv`` and
+Outputs (``--out``, default ``runs/toy_gradients/``, or its ``quick/`` subfolder with
+``--quick``; the committed results are rewritten only by ``--out examples/results/toy_gradients``):
+``summary.csv`` (mean and std over seeds), ``per_seed.csv`` and
 ``toy_gradients.png``. The full run takes about a minute on 2 CPU cores.
 """
 
@@ -59,7 +60,8 @@ from subset_rl.estimators import (
 )
 
 N_ITEMS, K = 10, 5
-RESULTS = Path("examples/results/toy_gradients")
+RESULTS = Path("runs/toy_gradients")
+"""Default output folder (git-ignored); the committed results are in examples/results/."""
 METRICS = (
     "bias",
     "rel_bias",
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         "--out",
         type=Path,
         default=None,
-        help="output folder (default examples/results/toy_gradients, or its quick/ with --quick)",
+        help=f"output folder (default {RESULTS}, or its quick/ with --quick)",
     )
     args = parser.parse_args(argv)
     seeds, estimates = (2, 1_000) if args.quick else (args.seeds, args.estimates)

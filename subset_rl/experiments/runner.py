@@ -16,7 +16,9 @@ Usage (``python -m subset_rl.experiments --help`` lists every option)::
     # split over GPUs (any selection of experiments / data sets / seeds), then merge
     python -m subset_rl.experiments merge OUT_DIR_1 OUT_DIR_2 ... --out examples/results/paper/full
 
-Each invocation writes, under ``--out``:
+Each invocation writes, under ``--out`` (default ``runs/paper/latest``, or ``runs/paper/quick``
+with ``--quick``; the tables committed under ``examples/results/paper`` change only when their
+folder is passed as ``--out``):
 
 * ``per_seed.csv``: one row per run (appended as runs finish);
 * ``results.csv`` and ``results.md``: per cell and estimator, mean and standard deviation over
@@ -82,6 +84,9 @@ __all__ = [
 
 EXPERIMENTS = ("feature_selection", "vae", "knn", "ipcae")
 """Experiments of the runner, in table order."""
+
+DEFAULT_OUT = Path("runs/paper")
+"""Parent of the default ``--out`` folders (git-ignored, so no run rewrites tracked results)."""
 
 _EXPERIMENT_ALIASES = {"fs": "feature_selection", "feature-selection": "feature_selection"}
 
@@ -779,7 +784,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="output directory (default examples/results/paper/latest, .../quick with --quick)",
+        help=f"output directory (default {DEFAULT_OUT}/latest, {DEFAULT_OUT}/quick with "
+        "--quick; the committed tables under examples/results/paper are only written when "
+        "named here)",
     )
     p.add_argument(
         "--quick",
@@ -813,7 +820,7 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     if args.seeds is None:
         args.seeds = [0, 1, 2, 3, 4] if paper else [0]
     if args.out is None:
-        args.out = Path("examples/results/paper") / ("quick" if quick else "latest")
+        args.out = DEFAULT_OUT / ("quick" if quick else "latest")
 
 
 def _merge(argv: Sequence[str]) -> int:
@@ -859,11 +866,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = build_cells(args)
         check_cells(cells)
         device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if device.type == "cuda" and not torch.cuda.is_available() and not args.dry_run:
             raise ValueError(f"device: {args.device} requested but CUDA is not available")
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
-    if args.dry_run:
+    if args.dry_run:  # lists the runs: needs neither the device nor the data
         total = 0
         for cell in cells:
             runs = len(cell.estimators) * len(args.seeds)
@@ -873,7 +880,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{', '.join(cell.estimators)} x seeds {args.seeds} = {runs} runs of "
                 f"{cell.config.train.steps} steps"
             )
-        print(f"{total} runs in all; output under {args.out}")
+        print(f"{total} runs in all on {device}; output under {args.out}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print(f"note: {device} is not available on this machine", file=sys.stderr)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
