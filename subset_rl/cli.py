@@ -675,6 +675,7 @@ def _train_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any]
                                           str(logdir / "checkpoints"), name_prefix="model")]
     if hasattr(sb3, "KHotGuard"):
         callbacks.append(sb3.KHotGuard())
+    callbacks.append(sb3.SubsetMetricsCallback(env_id=env_id))  # the native agents' TB tags
     if not args.quiet:
         callbacks.append(_sb3_progress(settings["steps"], args.agent.upper()))
     try:

@@ -75,9 +75,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution, make_proba_distribution
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import HParam
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import Schedule
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import Tensor, nn
 
 from .distribution import SAMPLERS, KSubsetPolicy, Sampler
@@ -98,6 +99,7 @@ __all__ = [
     "KSubsetDistribution",
     "MaskableKSubsetActorCriticPolicy",
     "MaskableKSubsetDistribution",
+    "SubsetMetricsCallback",
     "check_k_hot_policy",
     "check_k_hot_space",
     "default_head_for",
@@ -686,6 +688,150 @@ class KHotGuard(BaseCallback):
                 f"{self._where()}: the rollout's {field} are not finite ({found} of "
                 f"{values.size}); {hint}"
             )
+
+
+class SubsetMetricsCallback(BaseCallback):
+    """Logs what the native agents log, so SB3 and native runs show the same TensorBoard tags.
+
+    The native agents (:mod:`subset_rl.agents`) write ``subset/reward_mean``,
+    ``subset/best_reward``, ``train/entropy``, ``train/grad_norm`` and a table of hyperparameters;
+    SB3 writes ``train/entropy_loss`` and no gradient norm. This callback adds, against the same
+    x-axis (``num_timesteps``, one objective evaluation per env step):
+
+    - ``subset/reward_mean``: mean reward of the env steps since the last log dump (the original
+      rewards where the env is wrapped in ``VecNormalize``);
+    - ``subset/best_reward``: best reward of any env step so far;
+    - ``train/entropy``: mean policy entropy of the last update (``-train/entropy_loss``);
+    - ``train/grad_norm``: mean total gradient norm of the last update's minibatches, before
+      clipping (as the native agents report it);
+    - ``train/n_updates`` in TensorBoard too, and for A2C (which logs only the parts)
+      ``train/loss = policy_loss + ent_coef * entropy_loss + vf_coef * value_loss``;
+    - ``hparams``: the native agents' keys (``agent``, ``env``, ``n``, ``k``, ``policy``,
+      ``batch_size``, ``learning_rate``, ``optimizer``, ``max_grad_norm``, ``seed``,
+      ``device``) plus ``n_envs``, ``n_steps``, ``gamma`` and ``ent_coef``, with the metrics
+      ``subset/reward_mean`` and ``subset/best_reward``.
+
+    ``subset-rl train`` attaches it to every PPO/A2C run.
+
+    Example:
+        ``model.learn(10_000, callback=[KHotGuard(), SubsetMetricsCallback()])``
+
+    Args:
+        env_id: Env name for the ``env`` hyperparameter; by default the id in the first env's
+            spec (or its class name).
+        verbose: SB3's verbosity.
+    """
+
+    def __init__(self, env_id: str | None = None, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.env_id = env_id
+        self.best_reward = -np.inf
+        self._norms: list[Tensor] = []
+        self._handles: list[Any] = []
+        self._pending: Tensor | None = None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings logged once, keyed as the native agents' ``hyperparameters()``."""
+        model = self.model
+        space = model.action_space
+        n = int(getattr(space, "n", -1))
+        lr = model.learning_rate
+        learning_rate = float(lr) if isinstance(lr, numbers.Real) else float(model.lr_schedule(1.0))
+        n_envs = int(model.n_envs)
+        n_steps = int(getattr(model, "n_steps", 1))
+        optimizer = getattr(model.policy, "optimizer", None)
+        return {
+            "agent": type(model).__name__,
+            "env": self.env_id or self._env_name(),
+            "n": n,
+            "k": int(getattr(space, "k", -1)),
+            "policy": type(model.policy).__name__,
+            "batch_size": int(getattr(model, "batch_size", None) or n_steps * n_envs),
+            "learning_rate": learning_rate,
+            "optimizer": type(optimizer).__name__ if optimizer is not None else "none",
+            "max_grad_norm": float(getattr(model, "max_grad_norm", float("inf"))),
+            "seed": -1 if model.seed is None else int(model.seed),
+            "device": str(model.device),
+            "n_envs": n_envs,
+            "n_steps": n_steps,
+            "gamma": float(getattr(model, "gamma", float("nan"))),
+            "ent_coef": float(getattr(model, "ent_coef", 0.0)),
+        }
+
+    def _env_name(self) -> str:
+        try:
+            spec = self.training_env.get_attr("spec", [0])[0]
+        except (AttributeError, IndexError):
+            spec = None
+        if spec is not None and getattr(spec, "id", None):
+            return str(spec.id)
+        try:
+            return type(self.training_env.get_attr("unwrapped", [0])[0]).__name__
+        except (AttributeError, IndexError):
+            return type(self.training_env).__name__
+
+    def _on_training_start(self) -> None:
+        self.logger.record(
+            "hparams",
+            HParam(self.hyperparameters(), {"subset/reward_mean": 0.0, "subset/best_reward": 0.0}),
+            exclude=("stdout", "log", "json", "csv"),
+        )
+        self._on_training_end()  # hooks left by an earlier learn() that raised
+        for param in self.model.policy.parameters():
+            if param.requires_grad:
+                self._handles.append(param.register_post_accumulate_grad_hook(self._add_norm))
+        optimizer = getattr(self.model.policy, "optimizer", None)
+        if optimizer is not None:
+            self._handles.append(optimizer.register_step_pre_hook(self._end_minibatch))
+
+    def _add_norm(self, param: Tensor) -> None:
+        # After backward, before SB3 clips: the squared norms of one minibatch's gradients.
+        if param.grad is not None:
+            square = param.grad.detach().float().pow(2).sum()
+            self._pending = square if self._pending is None else self._pending + square
+
+    def _end_minibatch(self, *_: Any) -> None:
+        if self._pending is not None:
+            self._norms.append(self._pending.sqrt())
+            self._pending = None
+
+    def _on_step(self) -> bool:
+        rewards = self.locals.get("rewards")
+        if rewards is None:
+            return True
+        env = self.training_env
+        if isinstance(env, VecNormalize):
+            rewards = env.get_original_reward()
+        values = np.asarray(rewards, dtype=np.float64).reshape(-1)
+        for value in values:  # record_mean averages every env step until the next dump
+            self.logger.record_mean("subset/reward_mean", float(value))
+        if values.size:
+            self.best_reward = max(self.best_reward, float(values.max()))
+            self.logger.record("subset/best_reward", self.best_reward)
+        return True
+
+    def _on_rollout_start(self) -> None:
+        # The last update's train/* values are still in the logger (dumped after this rollout).
+        values = self.logger.name_to_value
+        entropy_loss = values.get("train/entropy_loss")
+        if entropy_loss is not None:
+            self.logger.record("train/entropy", -float(entropy_loss))
+            parts = [values.get("train/policy_loss"), values.get("train/value_loss")]
+            if "train/loss" not in values and None not in parts:  # A2C logs the parts only
+                ent_coef = float(getattr(self.model, "ent_coef", 0.0))
+                vf_coef = float(getattr(self.model, "vf_coef", 0.5))
+                loss = parts[0] + ent_coef * float(entropy_loss) + vf_coef * parts[1]
+                self.logger.record("train/loss", float(loss))
+            # SB3 keeps n_updates out of TensorBoard; the native agents plot it.
+            self.logger.record("train/n_updates", int(getattr(self.model, "_n_updates", 0)))
+        if self._norms:
+            self.logger.record("train/grad_norm", float(torch.stack(self._norms).mean()))
+            self._norms = []
+
+    def _on_training_end(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
 
 def ppo_kwargs(**overrides: Any) -> dict[str, Any]:
