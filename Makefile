@@ -1,17 +1,52 @@
 # One-command entry points. Each creates .venv and installs what it needs.
+#
+#   make install                      torch 2.13.0 from pip's configured index, then subset-rl
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu    the CPU build of torch
+#   make test PY=python3.12           .venv recreated with that interpreter if it has another
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+TORCH ?= torch==2.13.0
+# Where torch comes from; empty: pip's configured index (PyPI's Linux x86_64 wheel is the CUDA
+# build). https://download.pytorch.org/whl/cpu gives the CPU build, .../whl/cuXXX a CUDA one.
+TORCH_INDEX ?=
+
+# The Python version .venv must have: $(PY)'s when PY is given (command line or environment),
+# else that of the existing .venv, or of the default $(PY) when there is none yet.
+pyversion = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+ifeq ($(filter command line environment,$(origin PY)),)
+VENV_PY := $(or $(call pyversion,$(BIN)/python),$(call pyversion,$(PY)))
+else
+VENV_PY := $(call pyversion,$(PY))
+endif
+# One stamp per Python version: another version re-runs the install (and recreates .venv).
+STAMP := $(VENV)/.installed-python$(VENV_PY)
 
 .PHONY: install demo tour test test-slow test-all lint bench bench-distribution bench-rl \
 	gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@test -n "$(VENV_PY)" || { echo "make: PY=$(PY) is not a Python interpreter here;" \
+	    "install it or pass another, e.g. make $(or $(MAKECMDGOALS),install) PY=python3.12" >&2; \
+	    exit 2; }
+	@have="$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' \
+	    2>/dev/null)"; \
+	if test -d $(VENV) && test "$$have" != "$(VENV_PY)"; then \
+	    echo "$(VENV) has Python $${have:-(none)}, PY=$(PY) is $(VENV_PY): recreating $(VENV)"; \
+	    rm -rf $(VENV); \
+	fi
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "installing $(TORCH) and the dependencies of subset-rl into $(VENV)" \
+	    "(the first time takes a few minutes; pip shows what it fetches) ..."
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0 -e '.[dev,ray]'
+ifneq ($(TORCH_INDEX),)
+	$(BIN)/python -m pip install --progress-bar on $(TORCH) --index-url $(TORCH_INDEX)
+endif
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt $(TORCH) -e '.[dev,ray]'
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
+	@echo "installed into $(VENV) (Python $(VENV_PY)); run its commands as $(BIN)/subset-rl," \
+	    "$(BIN)/python ..., or after: source $(BIN)/activate"
 
 install: $(STAMP)
 
