@@ -276,6 +276,9 @@ def make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env[Any, Any]:
     except ModuleNotFoundError as err:
         reason = str(err).split(". Environment registration")[0]
         raise CLIError(f"cannot import the module of {env_id!r}: {reason}") from None
+    except gym.error.MissingArgument as err:  # BlackBoxSubset-v0 without f, n, k
+        raise CLIError(f"cannot make {env_id}: {err}; or register your own env with "
+                       "make_blackbox_env (see examples/custom_env.py) and pass its id") from None
     except gym.error.Error:
         raise CLIError(
             f"unknown env id {env_id!r}; registered subset_rl envs: {', '.join(_registered_ids())}"
@@ -726,7 +729,7 @@ def cmd_envs(args: argparse.Namespace) -> int:
             env = gym.make(env_id)
             n, k = str(env.action_space.n), str(getattr(env.action_space, "k", "?"))
             env.close()
-        except TypeError:
+        except (TypeError, gym.error.MissingArgument):
             n = k = "-"
             desc += " (needs f, n, k: see examples/custom_env.py)"
         print(f"{env_id:<{width}}{n:>5}{k:>5}  {desc}", flush=True)
