@@ -738,23 +738,27 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
-_RUN_FILES: tuple[str, ...] = ("run.json", "model.pt", "model.zip", "checkpoints")
-"""What a finished or interrupted ``train`` leaves in its folder (besides TensorBoard logs)."""
+_RUN_FILES: tuple[str, ...] = ("run.json", "model.pt", "model.zip")
+"""What a finished or interrupted ``train`` leaves in its folder (besides logs, checkpoints)."""
 
 
 def _holds_run(folder: Path) -> bool:
-    """Whether ``folder`` already holds a training run: TensorBoard event files or a model.
+    """Whether ``folder`` already holds a training run: TensorBoard logs, a model or checkpoints.
 
     Args:
         folder: A run folder (it need not exist).
 
     Returns:
-        ``True`` if it has any of :data:`_RUN_FILES` or an ``events.out.tfevents.*`` file at any
-        depth (SB3 writes them into ``PPO_1/`` and the like).
+        ``True`` if it has any of :data:`_RUN_FILES`, an ``events.out.tfevents.*`` file at any
+        depth (SB3 writes them into ``PPO_1/`` and the like) or a checkpoint; the hidden
+        temporary files of a write cut short by a kill do not count.
     """
     if not folder.is_dir():
         return False
     if any((folder / name).exists() for name in _RUN_FILES):
+        return True
+    checkpoints = folder / "checkpoints"
+    if checkpoints.is_dir() and any(not p.name.startswith(".") for p in checkpoints.iterdir()):
         return True
     return next(folder.rglob("events.out.tfevents.*"), None) is not None
 
@@ -823,8 +827,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--logdir {logdir} is not writable: {err.strerror or err}") from None
     from subset_rl.checkpoint import remove_stale_temporaries
 
-    for folder in (logdir, logdir / "checkpoints"):  # left by a run killed mid-write
+    for folder in {requested, logdir}:  # temporary files left by a run killed mid-write
         remove_stale_temporaries(folder)
+        remove_stale_temporaries(folder / "checkpoints")
     if not args.quiet:
         shown = ", ".join(f"{k}={v}" for k, v in settings.items())
         print(f"training {args.agent} on {env_id} (n={objective.n}, k={objective.k}) on "

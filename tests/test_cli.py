@@ -272,6 +272,8 @@ def test_train_uses_an_existing_folder_that_holds_no_run(tmp_path, capsys):
         ({"run/events.out.tfevents.1.host": ""}, "run_2"),       # a native agent's log
         ({"run/PPO_1/events.out.tfevents.1.host": ""}, "run_2"),  # SB3's log, one level down
         ({"run/model.zip": ""}, "run_2"),
+        ({"run/checkpoints/step_2.pt": ""}, "run_2"),
+        ({"run/checkpoints/.step_2.pt.99.ab.subset_rl-tmp": ""}, "run"),  # a killed write only
         ({"run/run.json": "{}", "run_2": "a file"}, "run_3"),   # a file is skipped
         ({"run/model.pt": "", "run_2/model.pt": "", "run_3/x": ""}, "run_3"),
     ],
