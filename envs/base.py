@@ -396,6 +396,12 @@ class SubsetEnv(gym.Env[NDArray[np.float32], NDArray[np.int8]]):
             warnings.simplefilter("ignore", UserWarning)
             plt.pause(1.0 / self.metadata["render_fps"])
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without the matplotlib window (a copy opens its own)."""
+        state = self.__dict__.copy()
+        state["_figure"] = None
+        return state
+
     def close(self) -> None:
         """Closes the matplotlib window of ``render_mode="human"``, if any."""
         if self._figure is not None:

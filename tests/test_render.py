@@ -3,6 +3,7 @@ and Stable-Baselines3 tools that ask for frames (RenderCollection, RecordVideo, 
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any
 
@@ -168,6 +169,8 @@ def test_human_mode_draws_in_a_matplotlib_figure(monkeypatch: pytest.MonkeyPatch
     assert plt.fignum_exists(fig.number)
     env.step(np.array([1, 1, 0, 0, 1, 0, 0, 0, 0, 0]))
     assert cells_of(np.asarray(image.get_array()), CHOSEN) > 0
+    clone = pickle.loads(pickle.dumps(env.unwrapped))  # without the window
+    assert clone._figure is None and clone.render_mode == "human"
     env.close()
     assert not plt.fignum_exists(fig.number)
 
