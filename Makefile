@@ -26,9 +26,9 @@ STAMP := $(VENV)/.installed-python$(VENV_PY)
 	gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
-	@test -n "$(VENV_PY)" || { echo "make: PY=$(PY) is not a Python interpreter here;" \
-	    "install it or pass another, e.g. make $(or $(MAKECMDGOALS),install) PY=python3.12" >&2; \
-	    exit 2; }
+	@test -n "$(VENV_PY)" || { echo "make: PY=$(PY) is not a Python interpreter here" \
+	    "(it does not run); install it or pass one that runs, e.g." \
+	    "make $(or $(MAKECMDGOALS),install) PY=python3" >&2; exit 2; }
 	@have="$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' \
 	    2>/dev/null)"; \
 	if test -d $(VENV) && test "$$have" != "$(VENV_PY)"; then \
