@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from subset_rl.estimators import sfess_surrogate
+from subset_rl.estimators import rank_utilities, sfess_surrogate
 
 from .base import BaseAgent
 
@@ -34,6 +34,14 @@ class SFESS(BaseAgent):
         baseline: ``"loo"`` (default) or ``"none"`` (plain SFESS).
         sampler: ``"exact"`` (default) or ``"gumbel"`` (biased; for comparison only).
         ent_coef: weight of an entropy bonus (0 by default).
+        utility: ``"reward"`` (default): the rewards themselves, the unbiased SFESS(+VR)
+            estimate of :math:`\nabla E[f]`. ``"rank"``: fitness shaping as in NES/CMA-ES (Wierstra
+            et al., 2014): per context, the ``N`` rewards are replaced by centred rank weights
+            :math:`u_r = \max(0, \log(N/2 + 1) - \log r) / \sum - 1/N` (ties share their
+            weight). The update then ignores the rewards' scale and outliers (a sensor placement
+            with a relative error in the hundreds weighs no more than any other worst sample);
+            it ascends a monotone transform of ``f``, not :math:`E[f]` itself, so it is not an
+            unbiased estimate of :math:`\nabla E[f]`.
         **kwargs: the shared settings of :class:`~subset_rl.agents.base.BaseAgent`.
 
     Example:
@@ -49,8 +57,11 @@ class SFESS(BaseAgent):
         baseline: str = "loo",
         sampler: str = "exact",
         ent_coef: float = 0.0,
+        utility: str = "reward",
         **kwargs: Any,
     ) -> None:
+        if utility not in ("reward", "rank"):
+            raise ValueError(f"utility must be 'reward' or 'rank', found {utility!r}")
         if baseline not in ("loo", "none"):
             raise ValueError(f"baseline must be 'loo' or 'none', found {baseline!r}")
         if sampler not in ("exact", "gumbel"):
@@ -66,6 +77,7 @@ class SFESS(BaseAgent):
         self.baseline = baseline
         self.sampler = sampler
         self.ent_coef = float(ent_coef)
+        self.utility = utility
         super().__init__(env, **kwargs)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -74,6 +86,7 @@ class SFESS(BaseAgent):
             "baseline": self.baseline,
             "sampler": self.sampler,
             "ent_coef": self.ent_coef,
+            "utility": self.utility,
         }
 
     def _config(self) -> dict[str, Any]:
@@ -82,6 +95,7 @@ class SFESS(BaseAgent):
             "baseline": self.baseline,
             "sampler": self.sampler,
             "ent_coef": self.ent_coef,
+            "utility": self.utility,
         }
 
     def _loss(self) -> tuple[Tensor, dict[str, Tensor]]:
@@ -90,7 +104,8 @@ class SFESS(BaseAgent):
         z = dist.sample((self.num_samples,), generator=self.generator)
         rewards = self.objective(z.to(self.objective.device), ctx, validate=False)
         rewards = rewards.to(device=self.device, dtype=z.dtype)
-        surrogate = sfess_surrogate(dist, z, rewards, baseline=self.baseline)
+        signal = rank_utilities(rewards) if self.utility == "rank" else rewards
+        surrogate = sfess_surrogate(dist, z, signal, baseline=self.baseline)
         loss = -surrogate
         stats: dict[str, Tensor] = {"rewards": rewards, "z": z}
         if self.ent_coef:

@@ -21,7 +21,14 @@ from .imle import AdaptiveIMLE, imle_topk, sum_of_gamma_noise
 from .indirect import ConcreteSelector, IndirectLogits, unique_percentage
 from .intermediate import intermediate_loss_sample, ksubset_kl_divergence
 from .relaxed import relaxed_topk, straight_through_topk
-from .score_function import SFESSResult, loo_advantages, sfess, sfess_gradient, sfess_surrogate
+from .score_function import (
+    SFESSResult,
+    loo_advantages,
+    rank_utilities,
+    sfess,
+    sfess_gradient,
+    sfess_surrogate,
+)
 from .simple import simple_sample
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "intermediate_loss_sample",
     "ksubset_kl_divergence",
     "loo_advantages",
+    "rank_utilities",
     "relaxed_topk",
     "sfess",
     "sfess_gradient",

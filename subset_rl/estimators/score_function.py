@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -238,3 +239,44 @@ def sfess(
     check_tensor(rewards, "f(z)")
     surrogate = sfess_surrogate(dist, z, rewards, baseline=baseline, reduction=reduction)
     return SFESSResult(surrogate, z, rewards)
+
+
+def rank_utilities(rewards: Tensor) -> Tensor:
+    r"""NES fitness shaping: rewards replaced by centred weights of their ranks (along dim 0).
+
+    For ``N`` rewards of one context, the one of rank :math:`r` (1 = best) gets
+
+    .. math::
+
+        u_r = \frac{\max(0, \log(N/2 + 1) - \log r)}{\sum_{s=1}^N \max(0, \log(N/2 + 1)
+        - \log s)} - \frac1N,
+
+    (Wierstra et al., "Natural Evolution Strategies", JMLR 2014): the weights sum to zero, the
+    better half gets positive weight decreasing with rank, the rest ``-1/N``. Equal rewards share
+    the mean of their weights; NaN ranks last. The result does not depend on the rewards' scale
+    or on any monotone transform of them, which makes a score-function step robust to heavy
+    tails, but its expectation is not :math:`\nabla E[f]` (use it for search, not for unbiased
+    estimates).
+
+    Args:
+        rewards: ``(N, *batch_shape)`` rewards.
+
+    Returns:
+        ``(N, *batch_shape)`` utilities in the rewards' dtype (``N = 1`` gives zeros).
+    """
+    if not isinstance(rewards, Tensor):
+        raise TypeError(f"rewards: expected a Tensor, found {type(rewards).__name__}")
+    if rewards.dim() < 1:
+        raise ValueError(f"rewards: expected shape (N, ...), found {tuple(rewards.shape)}")
+    num = rewards.shape[0]
+    dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    r = torch.arange(1, num + 1, dtype=torch.float64, device=rewards.device)
+    w = (math.log(num / 2 + 1) - torch.log(r)).clamp_min(0.0)
+    w = (w / w.sum() - 1.0 / num).to(dtype)
+    v = rewards.detach().to(dtype)
+    v = torch.where(torch.isnan(v), torch.full_like(v, -math.inf), v)
+    order = torch.argsort(v, dim=0, descending=True, stable=True)
+    shape = (num,) + (1,) * (v.dim() - 1)
+    u = torch.empty_like(v).scatter_(0, order, w.reshape(shape).expand_as(v).contiguous())
+    equal = (v.unsqueeze(0) == v.unsqueeze(1)).to(dtype)  # (N, N, *batch)
+    return (equal * u.unsqueeze(0)).sum(1) / equal.sum(1)

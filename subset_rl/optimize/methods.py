@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from ..distribution import KSubsetPolicy
-from ..estimators import sfess_surrogate
+from ..estimators import rank_utilities, sfess_surrogate
 from ..poisson_binomial import marginals as cp_marginals
 from .evaluation import Evaluator
 
@@ -323,6 +323,241 @@ def run_sfess(run: Run) -> np.ndarray:
     return KSubsetPolicy(logits.detach(), k).marginals.detach().cpu().numpy().astype(np.float64)
 
 
+# ---------------------------------------------------------------------- hybrid (the default)
+def _rank_utilities(values: np.ndarray) -> np.ndarray:
+    """:func:`~subset_rl.estimators.rank_utilities` of a 1-d array (NaN ranks last)."""
+    return rank_utilities(torch.as_tensor(values, dtype=torch.float64)).numpy()
+
+
+def fisher_vector_product(logits: torch.Tensor, k: int, v: torch.Tensor) -> torch.Tensor:
+    r"""Exact :math:`F v` for the Fisher information :math:`F = \operatorname{Cov}(z)` of
+    :class:`~subset_rl.KSubsetPolicy`.
+
+    ``F`` is the Hessian of :math:`\log e_k(e^l)` (an exponential family), so ``F v`` is one
+    Hessian-vector product: the gradient of :math:`\pi(l) \cdot v` by double backward through
+    the exact normalizer. ``F 1 = 0`` (the size is fixed).
+    """
+    from ..poisson_binomial import log_normalizer
+
+    with torch.enable_grad():
+        x = logits.detach().requires_grad_(True)
+        (pi,) = torch.autograd.grad(log_normalizer(x, k), x, create_graph=True)
+        (fv,) = torch.autograd.grad(pi @ v, x)
+    return fv
+
+
+def natural_direction(
+    logits: torch.Tensor, k: int, g: torch.Tensor, iterations: int = 10, damping: float = 1e-3
+) -> torch.Tensor:
+    r"""Solves :math:`(F + \lambda I) d = g` by conjugate gradients with exact ``F v``.
+
+    :math:`\lambda` is ``damping`` times the mean of the diagonal of ``F`` (the variances
+    :math:`\pi_i(1-\pi_i)`), so the step stays finite where the distribution is near
+    deterministic.
+    """
+    pi = cp_marginals(logits, k).detach()
+    lam = damping * float((pi * (1 - pi)).mean()) + 1e-12
+    d = torch.zeros_like(g)
+    r = g.clone()
+    p = r.clone()
+    rr = float(r @ r)
+    if rr == 0.0:
+        return d
+    for _ in range(iterations):
+        ap = fisher_vector_product(logits, k, p) + lam * p
+        pap = float(p @ ap)
+        if pap <= 0:
+            break
+        alpha = rr / pap
+        d = d + alpha * p
+        r = r - alpha * ap
+        rr_new = float(r @ r)
+        if rr_new <= 1e-20 * float(g @ g):
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return d
+
+
+def run_hybrid(run: Run) -> np.ndarray:
+    r"""Natural-gradient search on the exact k-subset distribution, then swap polishing.
+
+    See the module docstring ("hybrid") for the method and its options.
+
+    Returns:
+        The marginals of the final distribution.
+    """
+    from ..kl import kl_ksubset_ksubset
+
+    ev, n, k, opts, m = run.ev, run.n, run.k, run.options, run.samples
+    explore, kl_step = float(opts["explore"]), float(opts["kl_step"])
+    if not 0 <= explore <= 1:
+        raise ValueError(f"options['explore']: expected a fraction in [0, 1], found {explore}")
+    if not kl_step > 0:
+        raise ValueError(f"options['kl_step']: expected a positive number, found {kl_step}")
+    if m < 2:
+        raise ValueError(f"samples: the hybrid method needs samples >= 2, found {m}")
+    logits = torch.zeros(n, dtype=run.dtype, device=run.device)
+    if k == n:
+        ev.evaluate(np.ones((1, n), dtype=np.int8))
+        ev.stop("only one subset exists (k = n)")
+        return np.ones(n)
+    # ---------------------------------------------------------------- phase 1: natural gradient
+    reuse, momentum = int(opts["reuse"]), float(opts["momentum"])
+    velocity = torch.zeros_like(logits)
+    step = opts["step"]
+    param = torch.zeros_like(logits, requires_grad=True)
+    adam = torch.optim.Adam([param], lr=float(opts["lr"]))
+    history: list[tuple[torch.Tensor, np.ndarray, torch.Tensor]] = []  # (z, values, log q(z))
+    while not ev.done and ev.fraction_used < explore:
+        dist = KSubsetPolicy(logits, k, validate_args=False)
+        z = dist.sample((m,), generator=run.generator)
+        before = ev.n_evaluations
+        req = ev.evaluate(z)
+        if ev.n_evaluations == before:  # concentrated: every draw seen before
+            break
+        values = np.where(req.evaluated, req.values, np.nan)
+        history = [*history, (z, values, dist.log_prob(z).detach())][-(reuse + 1) :]
+        zz = torch.cat([h[0] for h in history])
+        vv = np.concatenate([h[1] for h in history])
+        logq = torch.cat([h[2] for h in history])
+        # self-normalized importance weights p_now(z) / p_drawn(z), exact log-probabilities
+        w = torch.softmax(dist.log_prob(zz).detach() - logq, 0) * len(vv)
+        u = torch.as_tensor(_rank_utilities(vv), dtype=run.dtype, device=run.device)
+        pi = dist.marginals.detach()
+        g = ((w * u)[:, None] * (zz - pi)).sum(0) / len(vv)
+        if step != "natural":
+            direction = natural_direction(logits, k, g) if step == "natural-adam" else g
+            param.data.copy_(logits)
+            param.grad = -direction
+            adam.step()
+            logits = param.detach() - param.detach().mean()
+            continue
+        d = natural_direction(logits, k, g)
+        d = velocity = momentum * velocity + (1 - momentum) * d
+        quad = float(d @ fisher_vector_product(logits, k, d))
+        if not quad > 0:
+            continue
+        # trust region: a share kl_step of the current entropy (exact) per step
+        radius = kl_step * max(float(dist.entropy_value()), 1e-3)
+        eta = math.sqrt(2 * radius / quad)
+        for _ in range(8):  # trust region on the exact KL
+            new = logits + eta * d
+            kl = float(kl_ksubset_ksubset(KSubsetPolicy(new, k, validate_args=False), dist))
+            if kl <= 1.5 * radius:
+                break
+            eta /= 2
+        logits = new - new.mean()
+    marg = cp_marginals(logits, k).detach().cpu().numpy().astype(np.float64)
+    # ---------------------------------------------------------------- phase 2: swap polishing
+    _swap_search(run, logits.detach().cpu().numpy().astype(np.float64))
+    return marg
+
+
+def _swap_search(run: Run, scores: np.ndarray) -> None:
+    """Iterated local search with one-out-one-in swaps from the best subset so far.
+
+    Swaps are proposed without repetition from the current subset, ``samples`` per request,
+    ordered by ``scores[in] - scores[out]`` plus Gumbel noise (items the model likes enter,
+    items it dislikes leave). The best improving swap is taken; when several disjoint swaps
+    improve, their combination is evaluated too. When every swap of the current subset has
+    been tried without improvement (a local optimum), a random kick of a few swaps restarts
+    the search (from the best local optimum so far).
+    """
+    ev, n, k, rng, m = run.ev, run.n, run.k, run.rng, run.samples
+    spread = float(scores.std())
+    s = scores / spread if spread > 0 else np.zeros(n)
+    if ev.best_key is None:
+        req = ev.evaluate(_uniform_subsets(rng, n, k, 1))
+    if ev.best_key is None:
+        ev.stop("no subset could be evaluated")
+        return
+    current = np.zeros(n, dtype=bool)
+    current[list(ev.best_key)] = True
+    f_cur = ev.best
+    anchor, f_anchor = current.copy(), f_cur
+    tried = np.zeros((n, n), dtype=bool)  # tried[out, in] for the current subset
+    kicks, strength = 0, 2
+    while not ev.done:
+        ins, outs = np.flatnonzero(~current), np.flatnonzero(current)
+        prio = s[ins][None, :] - s[outs][:, None]
+        prio = prio + rng.gumbel(size=prio.shape)
+        prio[tried[np.ix_(outs, ins)]] = -np.inf
+        open_ = int(np.isfinite(prio).sum())
+        if open_ == 0:  # local optimum: kick (variable neighbourhood: larger after failures)
+            if f_cur > f_anchor:
+                anchor, f_anchor, strength = current.copy(), f_cur, 2
+            else:
+                strength = strength + 1 if strength < max(2, min(k, n - k) // 2) else 2
+            kicks += 1
+            current = anchor.copy()
+            for _ in range(min(strength, k, n - k)):
+                o = rng.choice(np.flatnonzero(current))
+                i = rng.choice(np.flatnonzero(~current))
+                current[o], current[i] = False, True
+            hit = ev.cache.get(tuple(int(x) for x in np.flatnonzero(current)))
+            if hit is None:
+                req = ev.evaluate(current[None].astype(np.int8))
+                if not req.evaluated[0]:
+                    break
+                hit = req.values[0]
+            f_cur = -np.inf if math.isnan(hit) else hit
+            tried[:] = False
+            continue
+        # the best-ranked untried swaps, skipping (but using) those already in the cache
+        order = np.argsort(-prio.ravel(), kind="stable")[:open_]
+        base = [int(x) for x in outs]
+        o_list, i_list, cached_vals, fresh = [], [], [], 0
+        for flat in order:
+            o, i = int(outs[flat // len(ins)]), int(ins[flat % len(ins)])
+            key = tuple(sorted([x for x in base if x != o] + [i]))
+            hit = ev.cache.get(key)
+            o_list.append(o)
+            i_list.append(i)
+            cached_vals.append(hit)
+            if hit is None:
+                fresh += 1
+                if fresh >= m:
+                    break
+        o_idx, i_idx = np.array(o_list), np.array(i_list)
+        take = len(o_idx)
+        rows = np.repeat(current[None], take, 0).astype(np.int8)
+        rows[np.arange(take), o_idx] = 0
+        rows[np.arange(take), i_idx] = 1
+        tried[o_idx, i_idx] = True
+        if fresh:
+            req = ev.evaluate(rows)
+            vals = np.where(req.evaluated & ~req.failed, req.values, -np.inf)
+        else:  # every candidate was cached: no request (it would count as a stall)
+            vals = np.array([-np.inf if v is None or math.isnan(v) else v for v in cached_vals])
+        gain = vals - f_cur
+        good = np.flatnonzero(gain > 0)
+        if good.size == 0:
+            continue
+        good = good[np.argsort(-gain[good])]
+        best_row, best_val = rows[good[0]], vals[good[0]]
+        # combine disjoint improving swaps
+        used_o, used_i, combo = set(), set(), []
+        for g in good:
+            if o_idx[g] in used_o or i_idx[g] in used_i:
+                continue
+            used_o.add(o_idx[g])
+            used_i.add(i_idx[g])
+            combo.append(g)
+        if len(combo) >= 2 and not ev.done:
+            row = current.astype(np.int8)
+            row[o_idx[combo]] = 0
+            row[i_idx[combo]] = 1
+            req2 = ev.evaluate(row[None])
+            if req2.evaluated[0] and not req2.failed[0] and req2.values[0] > best_val:
+                best_row, best_val = row, req2.values[0]
+        current = best_row.astype(bool)
+        f_cur = best_val
+        tried[:] = False
+    if kicks:
+        run.notes.append(f"swap search: {kicks} local optima escaped by random kicks")
+
+
 # ---------------------------------------------------------------------- QR pivoting
 def run_qr(run: Run) -> None:
     """QR column pivoting on ``basis.T`` (:func:`subset_rl.envs.qr_placement`): one evaluation."""
@@ -374,6 +609,12 @@ class MethodSpec:
 
 
 METHODS: dict[str, MethodSpec] = {
+    "hybrid": MethodSpec(
+        run_hybrid,
+        8,
+        {"explore": 0.5, "step": "adam", "lr": 0.2, "kl_step": 0.1, "reuse": 0, "momentum": 0.0},
+        "natural-gradient search on a KSubsetPolicy, then swap polishing (default)",
+    ),
     "sfess": MethodSpec(
         run_sfess, 8, {"lr": 0.2, "baseline": "loo"}, "SFESS (leave-one-out) + Adam on logits"
     ),

@@ -32,8 +32,13 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "CoverageWithSynergies",
     "DOptimalDesign",
+    "DeceptiveTrap",
     "FacilityLocation",
+    "FeatureSelectionKNN",
+    "NoisyObjective",
+    "QuadraticObjective",
     "SensorPlacementReward",
     "WeightedCoverage",
     "brute_force",
@@ -291,6 +296,267 @@ class SensorPlacementReward:
     def __repr__(self) -> str:
         """Short description."""
         return f"SensorPlacementReward(n={self.n}, k={self.k}, {self.kwargs})"
+
+
+class QuadraticObjective:
+    r"""A quadratic set function :math:`f(S) = \sum_{i\in S} c_i + \sum_{i<j;\,i,j\in S} Q_{ij}`.
+
+    With mixed-sign ``Q`` it is neither submodular nor supermodular (a QUBO with a cardinality
+    constraint): greedy forward selection carries no guarantee. Its value on a 0/1 vector ``z``
+    is ``c @ z + z @ Q @ z / 2`` with ``Q`` symmetric and a zero diagonal.
+
+    Args:
+        linear: ``(n,)`` item values :math:`c`.
+        pairwise: ``(n, n)`` symmetric interactions :math:`Q` (the diagonal is ignored).
+    """
+
+    def __init__(self, linear: ArrayLike, pairwise: ArrayLike) -> None:
+        c = np.asarray(linear, dtype=np.float64)
+        q = np.asarray(pairwise, dtype=np.float64)
+        if c.ndim != 1 or q.shape != (c.size, c.size):
+            raise ValueError(
+                f"linear, pairwise: expected shapes (n,) and (n, n), found {c.shape}, {q.shape}"
+            )
+        if not (np.isfinite(c).all() and np.isfinite(q).all()):
+            raise ValueError("linear, pairwise: expected finite values")
+        if not np.allclose(q, q.T):
+            raise ValueError("pairwise: expected a symmetric matrix")
+        q = q.copy()
+        np.fill_diagonal(q, 0.0)
+        self.linear, self.pairwise, self.n = c, q, c.size
+
+    @classmethod
+    def random(cls, n: int, density: float = 0.1, seed: int = 0) -> QuadraticObjective:
+        """Item values ~ N(1, 1); a share ``density`` of pairs interacts with N(0, 2) weights."""
+        rng = np.random.default_rng(seed)
+        upper = np.triu(rng.normal(0, 2, (n, n)) * (rng.random((n, n)) < density), 1)
+        return cls(rng.normal(1, 1, n), upper + upper.T)
+
+    def __call__(self, z: ArrayLike) -> float:
+        """Value of one subset."""
+        a = _indicator(z, self.n)
+        return float(a @ self.linear + 0.5 * a @ self.pairwise @ a)
+
+    def batch(self, z: torch.Tensor) -> torch.Tensor:
+        """Values of ``(..., n)`` indicator vectors."""
+        z = _batch_input(z, self.n)
+        c = torch.as_tensor(self.linear, dtype=z.dtype, device=z.device)
+        q = torch.as_tensor(self.pairwise, dtype=z.dtype, device=z.device)
+        return z @ c + 0.5 * ((z @ q) * z).sum(-1)
+
+    def __repr__(self) -> str:
+        """Short description."""
+        return f"QuadraticObjective(n={self.n})"
+
+
+class CoverageWithSynergies:
+    r"""Weighted coverage plus bonuses for pairs chosen together (not submodular).
+
+    :math:`f(S) = \sum_u w_u [u \in \bigcup_{i\in S} C_i] + \sum_{(i,j)} b_{ij} [i, j \in S]`.
+
+    Args:
+        coverage: The :class:`WeightedCoverage` part.
+        pairs: ``(P, 2)`` item pairs.
+        bonus: ``(P,)`` non-negative bonus of each pair.
+    """
+
+    def __init__(self, coverage: WeightedCoverage, pairs: ArrayLike, bonus: ArrayLike) -> None:
+        p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        b = np.asarray(bonus, dtype=np.float64).reshape(-1)
+        if b.shape[0] != p.shape[0] or (p < 0).any() or (p >= coverage.n).any():
+            raise ValueError(
+                f"pairs, bonus: expected (P, 2) item indices < {coverage.n} and P bonuses, found "
+                f"{p.shape} and {b.shape}"
+            )
+        self.coverage, self.pairs, self.bonus, self.n = coverage, p, b, coverage.n
+
+    @classmethod
+    def random(
+        cls, n: int, universe: int | None = None, n_pairs: int = 20, seed: int = 0
+    ) -> CoverageWithSynergies:
+        """Coverage of ``5 n`` elements at density 0.03 and ``n_pairs`` pair bonuses.
+
+        Each bonus is worth about as much as the best single item covers, so taking a pair can
+        beat two items of higher individual value.
+        """
+        rng = np.random.default_rng(seed + 1)
+        cov = WeightedCoverage.random(n, universe=universe or 5 * n, density=0.03, seed=seed)
+        single = cov.cover @ cov.weights
+        pairs = np.stack([rng.choice(n, 2, replace=False) for _ in range(n_pairs)])
+        return cls(cov, pairs, rng.uniform(0.5, 1.5, n_pairs) * single.max())
+
+    def __call__(self, z: ArrayLike) -> float:
+        """Value of one subset."""
+        a = _indicator(z, self.n)
+        return self.coverage(a) + float((a[self.pairs[:, 0]] * a[self.pairs[:, 1]]) @ self.bonus)
+
+    def batch(self, z: torch.Tensor) -> torch.Tensor:
+        """Values of ``(..., n)`` indicator vectors."""
+        z = _batch_input(z, self.n)
+        b = torch.as_tensor(self.bonus, dtype=z.dtype, device=z.device)
+        both = z[..., self.pairs[:, 0]] * z[..., self.pairs[:, 1]]
+        return self.coverage.batch(z) + both @ b
+
+    def __repr__(self) -> str:
+        """Short description."""
+        return f"CoverageWithSynergies(n={self.n}, pairs={len(self.pairs)})"
+
+
+class DeceptiveTrap:
+    r"""A deceptive trap: items form blocks; only complete blocks pay.
+
+    The items (randomly permuted) form blocks of ``block`` items. A block with ``c`` chosen
+    items is worth :math:`w_b (\text{block} - 1 - c)` for ``c < block`` and
+    :math:`w_b \cdot \text{block}` when complete, so every single addition looks bad (each item
+    lowers its block's value) until a block is complete: a trap for greedy and for first-order
+    models. With ``k`` a multiple of ``block`` the optimum completes the ``k / block`` blocks of
+    largest weight.
+
+    Args:
+        n: Number of items (a multiple of ``block``).
+        block: Block size.
+        seed: Seed of the permutation and the block weights ``w_b ~ U(1, 2)``.
+    """
+
+    def __init__(self, n: int, block: int = 4, seed: int = 0) -> None:
+        if block < 2 or n % block:
+            raise ValueError(
+                f"n, block: expected block >= 2 dividing n, found n={n}, block={block}"
+            )
+        rng = np.random.default_rng(seed)
+        self.n, self.block = n, block
+        self.group = rng.permutation(n) // block  # block of each item
+        self.weight = rng.uniform(1, 2, n // block)
+
+    def optimum(self, k: int) -> float:
+        """The optimal value for ``k`` items (``k`` a multiple of ``block``)."""
+        if k % self.block:
+            raise ValueError(f"k: expected a multiple of block={self.block}, found {k}")
+        full = np.sort(self.weight)[::-1][: k // self.block]
+        return float(full.sum() * self.block + (self.weight.sum() - full.sum()) * (self.block - 1))
+
+    def _value(self, counts: np.ndarray | torch.Tensor, weight: Any) -> Any:
+        full = counts == self.block
+        per = full * self.block + (~full) * (self.block - 1 - counts)
+        return per @ weight
+
+    def __call__(self, z: ArrayLike) -> float:
+        """Value of one subset."""
+        a = _indicator(z, self.n)
+        counts = np.bincount(self.group, weights=a, minlength=self.n // self.block).round()
+        return float(self._value(counts, self.weight))
+
+    def batch(self, z: torch.Tensor) -> torch.Tensor:
+        """Values of ``(..., n)`` indicator vectors."""
+        z = _batch_input(z, self.n)
+        onehot = torch.zeros(self.n, self.n // self.block, dtype=z.dtype, device=z.device)
+        onehot[torch.arange(self.n), torch.as_tensor(self.group)] = 1
+        w = torch.as_tensor(self.weight, dtype=z.dtype, device=z.device)
+        return self._value((z @ onehot).round(), w)
+
+    def __repr__(self) -> str:
+        """Short description."""
+        return f"DeceptiveTrap(n={self.n}, block={self.block})"
+
+
+class NoisyObjective:
+    """A deterministic objective observed with Gaussian noise; ``true`` scores the result.
+
+    Each call returns ``true(z) + noise_std * eps`` with fresh noise (so an optimizer that keeps
+    the best *observed* value is biased upwards; benchmarks score what it returns with
+    :attr:`true`).
+
+    Args:
+        true: The noise-free objective (with ``__call__`` and ``batch``).
+        noise_std: Standard deviation of the noise.
+        seed: Seed of the noise.
+    """
+
+    def __init__(self, true: Any, noise_std: float, seed: int = 0) -> None:
+        if not (isinstance(noise_std, int | float) and noise_std >= 0):
+            raise ValueError(f"noise_std: expected a number >= 0, found {noise_std!r}")
+        self.true, self.noise_std, self.n = true, float(noise_std), true.n
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, z: ArrayLike) -> float:
+        """One noisy observation."""
+        return self.true(z) + self.noise_std * float(self.rng.normal())
+
+    def batch(self, z: torch.Tensor) -> torch.Tensor:
+        """Noisy observations of ``(..., n)`` indicator vectors."""
+        v = self.true.batch(z)
+        eps = torch.as_tensor(self.rng.normal(size=tuple(v.shape)), dtype=v.dtype, device=v.device)
+        return v + self.noise_std * eps
+
+    def __repr__(self) -> str:
+        """Short description."""
+        return f"NoisyObjective({self.true!r}, noise_std={self.noise_std:g})"
+
+
+class FeatureSelectionKNN:
+    """Validation accuracy of a 1-nearest-neighbour classifier on the chosen features.
+
+    Not differentiable and not submodular: redundant or noisy features lower the accuracy.
+    Features are standardized on the training split.
+
+    Args:
+        x_train: ``(N, n)`` training inputs.
+        y_train: ``(N,)`` labels.
+        x_val: ``(M, n)`` validation inputs.
+        y_val: ``(M,)`` labels.
+    """
+
+    def __init__(
+        self, x_train: ArrayLike, y_train: ArrayLike, x_val: ArrayLike, y_val: ArrayLike
+    ) -> None:
+        xt = np.asarray(x_train, dtype=np.float64)
+        xv = np.asarray(x_val, dtype=np.float64)
+        if xt.ndim != 2 or xv.ndim != 2 or xt.shape[1] != xv.shape[1]:
+            raise ValueError(
+                f"x_train, x_val: expected (N, n) and (M, n), found {xt.shape} and {xv.shape}"
+            )
+        mu, sd = xt.mean(0), xt.std(0) + 1e-9
+        xt, xv = (xt - mu) / sd, (xv - mu) / sd
+        self.y_train = np.asarray(y_train).reshape(-1)
+        self.y_val = np.asarray(y_val).reshape(-1)
+        self.n = xt.shape[1]
+        # squared coordinate differences, (M, N, n) float32: distances are one product with z
+        self.diff2 = ((xv[:, None, :] - xt[None, :, :]) ** 2).astype(np.float32)
+
+    @classmethod
+    def digits(
+        cls, n_train: int = 500, n_val: int = 300, noise_features: int = 0, seed: int = 0
+    ) -> FeatureSelectionKNN:
+        """scikit-learn's 8x8 digits (64 pixels), plus ``noise_features`` random columns."""
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        rng = np.random.default_rng(seed)
+        if noise_features:
+            x = np.hstack([x, rng.normal(0, x.std(), (x.shape[0], noise_features))])
+        idx = rng.permutation(len(y))[: n_train + n_val]
+        tr, va = idx[:n_train], idx[n_train:]
+        return cls(x[tr], y[tr], x[va], y[va])
+
+    def __call__(self, z: ArrayLike) -> float:
+        """Accuracy for one subset."""
+        a = _indicator(z, self.n).astype(np.float32)
+        nearest = (self.diff2 @ a).argmin(1)
+        return float((self.y_train[nearest] == self.y_val).mean())
+
+    def batch(self, z: torch.Tensor) -> torch.Tensor:
+        """Accuracies of ``(m, n)`` subsets."""
+        z = _batch_input(z, self.n)
+        d2 = torch.as_tensor(self.diff2)
+        flat = z.reshape(-1, self.n).to(torch.float32).cpu()
+        nearest = torch.einsum("vtn,mn->mvt", d2, flat).argmin(-1).numpy()
+        acc = (self.y_train[nearest] == self.y_val[None, :]).mean(-1)
+        return torch.as_tensor(acc, dtype=z.dtype, device=z.device).reshape(z.shape[:-1])
+
+    def __repr__(self) -> str:
+        """Short description."""
+        train, val = self.diff2.shape[1], len(self.y_val)
+        return f"FeatureSelectionKNN(n={self.n}, train={train}, val={val})"
 
 
 def brute_force(
