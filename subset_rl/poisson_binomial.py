@@ -70,7 +70,8 @@ References:
     * M. Fernandez, S. Williams. Closed-form expression for the Poisson-binomial probability
       density function. IEEE Trans. Aerospace and Electronic Systems 46(2), 2010.
     * K. Ahmed et al. SIMPLE: A gradient estimator for k-subset sampling. ICLR 2023.
-    * H. Wijk et al. SFESS: Score function estimators for k-subset sampling. ICLR 2025.
+    * K. Wijk, R. Vinuesa, H. Azizpour. SFESS: Score function estimators for k-subset sampling.
+      ICLR 2025.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ Unbiasedness needs *exact* samples of :math:`p_l` (``sampler="exact"``). Gumbel 
 come from a different distribution and bias the estimate (the limitation noted by the SFESS paper).
 
 References:
-    * H. Wijk, B. Wang, et al. SFESS: Score Function Estimators for k-Subset Sampling. ICLR 2025.
+    * K. Wijk, R. Vinuesa, H. Azizpour. SFESS: Score Function Estimators for k-Subset Sampling.
+      ICLR 2025.
     * W. Kool, H. van Hoof, M. Welling. Buy 4 REINFORCE samples, get a baseline for free! 2019.
     * R. J. Williams. Simple statistical gradient-following algorithms for connectionist
       reinforcement learning. Machine Learning 8, 1992.

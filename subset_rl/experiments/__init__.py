@@ -1,7 +1,8 @@
 """The SFESS paper's experiments with every gradient estimator, side by side.
 
-Three experiments of Wijk et al. (SFESS, ICLR 2025), each runnable with every estimator of
-:mod:`subset_rl.estimators` (SFESS, SFESS+VR, GS, STGS, SIMPLE, I-MLE, AIMLE, intermediate loss):
+Three experiments of Wijk, Vinuesa & Azizpour (SFESS, ICLR 2025), each runnable with every
+estimator of :mod:`subset_rl.estimators` (SFESS, SFESS+VR, GS, STGS, SIMPLE, I-MLE, AIMLE,
+intermediate loss):
 
 * :func:`train_feature_selection`: a global k-subset of pixels and a decoder reconstructing the
   image from them (plus :func:`train_concrete`, the CAE / IP-CAE selectors of Nilsson et al.);

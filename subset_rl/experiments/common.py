@@ -1,9 +1,10 @@
 r"""Shared plumbing of the paper experiments: estimators as a layer, data splits, results.
 
-The three experiments of the SFESS paper (Wijk et al., ICLR 2025) share one pattern: a network
-(or a free parameter) produces logits :math:`l \in \mathbb{R}^{\ldots \times n}`, a k-subset
-:math:`z` is drawn with one of the gradient estimators, and a differentiable downstream loss
-:math:`L(z)` is minimised. :class:`SubsetLayer` hides the estimator behind that pattern:
+The three experiments of the SFESS paper (Wijk, Vinuesa & Azizpour, ICLR 2025) share one
+pattern: a network (or a free parameter) produces logits
+:math:`l \in \mathbb{R}^{\ldots \times n}`, a k-subset :math:`z` is drawn with one of the
+gradient estimators, and a differentiable downstream loss :math:`L(z)` is minimised.
+:class:`SubsetLayer` hides the estimator behind that pattern:
 
 * pathwise estimators (GS, STGS, SIMPLE, I-MLE, AIMLE, intermediate loss) return a draw whose
   backward is the estimator's own; the objective is the mean loss;

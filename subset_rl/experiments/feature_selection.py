@@ -1,4 +1,4 @@
-r"""Feature selection for reconstruction (SFESS paper, Sec. 5) and the IP-CAE selectors.
+r"""Feature selection for reconstruction (SFESS paper, Sec. 4) and the IP-CAE selectors.
 
 **Subset selection.** One global k-subset :math:`z \in \{0,1\}^n` of the ``n`` pixels is learned
 with free logits :math:`l \in \mathbb{R}^n` (initialised :math:`N(0, 1)`). A decoder MLP

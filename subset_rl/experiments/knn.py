@@ -1,4 +1,4 @@
-r"""Stochastic k-nearest neighbours (SFESS paper, Sec. 5; after Grover et al. 2019).
+r"""Stochastic k-nearest neighbours (SFESS paper, Sec. 4; after Grover et al. 2019).
 
 An encoder (``784 -> 512 -> 256 -> d``, ReLU, ``d = 2``) embeds images. Every step draws a
 minibatch of queries and, independently, ``C = 128`` candidate images from the training split;

@@ -580,8 +580,17 @@ def _plot_outputs(results: Sequence[RunResult], out: Path) -> list[Path]:
         metric = METRICS[experiment][0]
         curve_keys = ["val"] + (["unique_percentage"] if experiment == "ipcae" else [])
         for key in curve_keys:
+            # runs recorded without this curve (e.g. a per_seed.csv written before the IP-CAE
+            # unique-percentage curve was recorded) are left out of its plot, not an error
+            plotted = {
+                est: [r for r in group if key == "val" or key in r.extra_curves]
+                for est, group in by_est.items()
+            }
+            plotted = {est: group for est, group in plotted.items() if group}
+            if not plotted:
+                continue
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
-            for index, (est, group) in enumerate(by_est.items()):
+            for index, (est, group) in enumerate(plotted.items()):
                 steps = np.array(group[0].val_steps)
                 series = [r.val_values if key == "val" else r.extra_curves[key] for r in group]
                 values = np.array([s[: len(steps)] for s in series], dtype=float)

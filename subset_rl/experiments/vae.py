@@ -1,4 +1,4 @@
-r"""Variational autoencoder with k-subset latents (SFESS paper, Sec. 5).
+r"""Variational autoencoder with k-subset latents (SFESS paper, Sec. 4).
 
 The encoder (``784 -> 512 -> 256 -> d*n``, ReLU) gives, for every image, ``d`` logit vectors of
 length ``n``; the posterior is a product of ``d`` k-subset distributions
