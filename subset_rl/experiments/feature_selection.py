@@ -44,6 +44,7 @@ from .common import (
     seed_everything,
     train_loop,
 )
+from .protocol import check_protocol
 
 __all__ = [
     "ConcreteConfig",
@@ -75,8 +76,40 @@ class FeatureSelectionConfig:
         return f"k={self.k}"
 
 
+def _selected_first_layer(decoder: nn.Module, x: Tensor, mask: Tensor) -> Tensor | None:
+    r"""``decoder(x * mask)`` computed from the ``k`` selected pixels only, or ``None``.
+
+    For a global k-hot mask that needs no gradient (score-function estimators, the mode in
+    evaluation, the fixed random subset), the first linear layer's output is
+    :math:`W_{:,S}\,x_S + b` with :math:`S` the ``k`` selected pixels: ``k`` instead of ``n``
+    inputs per image, the same value up to float rounding, and the same gradient for ``W`` (its
+    unselected columns get exactly zero either way). Anything else returns ``None``.
+    """
+    first = decoder[0] if isinstance(decoder, nn.Sequential) and len(decoder) else None
+    if (
+        not isinstance(first, nn.Linear)
+        or first.bias is None
+        or mask.dim() != 2
+        or mask.requires_grad
+        or mask.shape[-1] != x.shape[-1]
+    ):
+        return None
+    counts = mask.sum(-1)
+    k = int(counts[0])
+    if k < 1 or not bool(((mask == 0) | (mask == 1)).all()) or not bool((counts == k).all()):
+        return None
+    idx = mask.topk(k, dim=-1).indices  # (S, k)
+    x_sel = x[:, idx].permute(1, 0, 2)  # (S, B, k)
+    w_sel = first.weight.t()[idx]  # (S, k, H)
+    hidden = torch.baddbmm(first.bias.expand(idx.shape[0], 1, -1), x_sel, w_sel)
+    return decoder[1:](hidden)
+
+
 def reconstruction_loss(decoder: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     """Per-pixel BCE of reconstructing ``x`` from ``x * mask``.
+
+    A global k-hot mask without gradient takes the cheaper route through the ``k`` selected
+    inputs of the first layer (same result up to float rounding; see ``_selected_first_layer``).
 
     Args:
         decoder: Maps ``(..., n)`` masked images to ``(..., n)`` logits.
@@ -86,10 +119,16 @@ def reconstruction_loss(decoder: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     Returns:
         ``(S, B)`` mean BCE over pixels.
     """
-    masked = (mask.unsqueeze(1) if mask.dim() == 2 else mask) * x.unsqueeze(0)
-    logits = decoder(masked)
+    logits = _selected_first_layer(decoder, x, mask) if SPARSE_FIRST_LAYER else None
+    if logits is None:
+        masked = (mask.unsqueeze(1) if mask.dim() == 2 else mask) * x.unsqueeze(0)
+        logits = decoder(masked)
     target = x.unsqueeze(0).expand_as(logits)
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
+
+
+SPARSE_FIRST_LAYER = True
+"""Use the ``k``-input first layer where it applies (set ``False`` to time the dense one)."""
 
 
 @torch.no_grad()
@@ -135,6 +174,7 @@ def train_feature_selection(
     if not 1 <= k <= n:
         raise ValueError(f"k: expected 1 <= k <= n={n} (pixels of {data.name}), found k={k}")
     tc = config.train
+    check_protocol(tc.estimator.protocol)
     gen = seed_everything(seed, device)
     logits = nn.Parameter(torch.randn(n, device=device))
     decoder = make_mlp([n, *config.hidden, n]).to(device)
@@ -188,6 +228,7 @@ def train_feature_selection(
         seconds_per_step=sec,
         val_steps=steps,
         val_values=curves["val"],
+        protocol=tc.estimator.protocol,
     )
 
 
@@ -268,6 +309,7 @@ def train_concrete(
     if not 1 <= k <= n:
         raise ValueError(f"k: expected 1 <= k <= n={n} (pixels of {data.name}), found k={k}")
     tc = config.train
+    check_protocol(tc.estimator.protocol)
     gen = seed_everything(seed, device)
     embedding = None if variant == "cae" else (config.embedding_dim or n)
     selector = ConcreteSelector(
@@ -319,4 +361,5 @@ def train_concrete(
         val_values=curves["val"],
         extra_curves={"unique_percentage": curves["unique_percentage"]},
         extra={"unique_percentage": selector.unique_percentage()},
+        protocol=tc.estimator.protocol,
     )

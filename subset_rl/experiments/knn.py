@@ -166,4 +166,5 @@ def train_knn(
         seconds_per_step=sec,
         val_steps=steps,
         val_values=curves["val"],
+        protocol=tc.estimator.protocol,
     )

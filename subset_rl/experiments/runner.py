@@ -70,6 +70,7 @@ from .feature_selection import (
     train_feature_selection,
 )
 from .knn import KNNConfig, train_knn
+from .protocol import DEFAULT_HIDDEN, PROTOCOLS, check_protocol
 from .vae import VAEConfig, train_vae
 
 __all__ = [
@@ -124,15 +125,27 @@ class Cell:
         """The cell's label (``"k=50"``, ...)."""
         return str(self.config.setting)
 
+    @property
+    def protocol(self) -> str:
+        """``"exact"`` or ``"paper"`` (see :mod:`subset_rl.experiments.protocol`)."""
+        return str(self.config.train.estimator.protocol)
+
 
 # --------------------------------------------------------------------------- building cells
+def _hidden(args: argparse.Namespace, train: TrainConfig) -> tuple[int, ...]:
+    """``--hidden`` if given, else the decoder of the protocol (one or two layers of 200)."""
+    if args.hidden:
+        return tuple(args.hidden)
+    return DEFAULT_HIDDEN[train.estimator.protocol]
+
+
 def _experiment_config(
     experiment: str, train: TrainConfig, *, k: int | None, args: argparse.Namespace
 ) -> Any:
     if experiment == "feature_selection":
-        return FeatureSelectionConfig(k=k or 50, hidden=tuple(args.hidden), train=train)
+        return FeatureSelectionConfig(k=k or 50, hidden=_hidden(args, train), train=train)
     if experiment == "ipcae":
-        return ConcreteConfig(k=k or 50, hidden=tuple(args.hidden), train=train)
+        return ConcreteConfig(k=k or 50, hidden=_hidden(args, train), train=train)
     if experiment == "vae":
         d = args.vae_d
         return VAEConfig(d=d, n=d, k=k or max(d // 2, 1), train=train)
@@ -159,7 +172,7 @@ def _paper_cells(train: TrainConfig, estimators: list[str], args: argparse.Names
     base = dataclasses.replace
     for dataset in ("mnist", "fashion_mnist"):
         for k in (50, 30):
-            cfg = FeatureSelectionConfig(k=k, hidden=tuple(args.hidden), train=train)
+            cfg = FeatureSelectionConfig(k=k, hidden=_hidden(args, train), train=base(train))
             cells.append(
                 Cell(
                     "feature_selection",
@@ -168,7 +181,12 @@ def _paper_cells(train: TrainConfig, estimators: list[str], args: argparse.Names
                     _estimators_for("feature_selection", estimators, True),
                 )
             )
-    for dataset, d, k in (("mnist", 20, 10), ("fashion_mnist", 20, 10), ("mnist", 10, 5)):
+    for dataset, d, k in (
+        ("mnist", 20, 10),
+        ("fashion_mnist", 20, 10),
+        ("mnist", 10, 5),
+        ("fashion_mnist", 10, 5),
+    ):
         cells.append(
             Cell(
                 "vae",
@@ -191,11 +209,39 @@ def _paper_cells(train: TrainConfig, estimators: list[str], args: argparse.Names
             Cell(
                 "ipcae",
                 dataset,
-                ConcreteConfig(k=50, hidden=tuple(args.hidden), train=base(train)),
+                ConcreteConfig(k=50, hidden=_hidden(args, train), train=base(train)),
                 list(CONCRETE_VARIANTS),
             )
         )
     return cells
+
+
+REDUCED_PAPER_KNN = ("sfess", "sfess_vr", "simple", "imle")
+"""Estimators of the k-NN cell whose runs differ between the protocols (the reduced preset runs
+only these under ``paper``: GS, STGS, AIMLE and IL are the same code, seeds and data in both)."""
+
+
+def _reduced_cells(
+    train: TrainConfig, estimators: list[str], args: argparse.Namespace
+) -> list[Cell]:
+    base = dataclasses.replace
+    cells = [Cell("knn", "mnist", KNNConfig(train=base(train)), [])]
+    paper = train.estimator.protocol == "paper"
+    knn = _estimators_for("knn", estimators, False)
+    cells[0].estimators = [e for e in knn if e in REDUCED_PAPER_KNN] if paper else knn
+    for k in (50, 30):
+        cfg = FeatureSelectionConfig(k=k, hidden=_hidden(args, train), train=base(train))
+        names = _estimators_for("feature_selection", estimators, not args.no_random)
+        cells.append(Cell("feature_selection", "mnist", cfg, names))
+    cells.append(
+        Cell(
+            "vae",
+            "mnist",
+            VAEConfig(d=10, n=10, k=5, train=base(train)),
+            _estimators_for("vae", estimators, False),
+        )
+    )
+    return [c for c in cells if c.estimators]
 
 
 def build_cells(args: argparse.Namespace) -> list[Cell]:
@@ -209,16 +255,29 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         key = _EXPERIMENT_ALIASES.get(raw.lower(), raw.lower())
         if key == "all":
             experiments += [e for e in EXPERIMENTS if e not in experiments]
-        elif key == "paper":
-            experiments.append("paper")
+        elif key in PRESETS:
+            experiments.append(key)
         elif key in EXPERIMENTS:
             if key not in experiments:
                 experiments.append(key)
         else:
             raise ValueError(
-                f"experiment: expected one of {list(EXPERIMENTS) + ['all', 'paper']}, found {raw!r}"
+                f"experiment: expected one of {list(EXPERIMENTS) + ['all', *PRESETS]}, "
+                f"found {raw!r}"
             )
     estimators = parse_estimators(args.estimators)
+    protocols = list(dict.fromkeys(check_protocol(p) for p in args.protocol))
+    cells: list[Cell] = []
+    for protocol in protocols:
+        cells += _build_cells_for(args, experiments, estimators, protocol)
+    if not cells:
+        raise ValueError("nothing to run: no estimator applies to the requested experiments")
+    return cells
+
+
+def _build_cells_for(
+    args: argparse.Namespace, experiments: list[str], estimators: list[str], protocol: str
+) -> list[Cell]:
     train = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -231,6 +290,7 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             imle_lambda=args.imle_lambda,
             imle_temperature=args.imle_temperature,
             intermediate_lambda=args.intermediate_lambda,
+            protocol=protocol,
         ),
     )
     for name, value, low in (
@@ -242,10 +302,11 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
     ):
         if value < low:
             raise ValueError(f"{name}: expected an int >= {low}, found {value}")
-    if "paper" in experiments:
-        if len(experiments) > 1:
-            raise ValueError("experiment: 'paper' runs every cell already; give it alone")
-        return _paper_cells(train, estimators, args)
+    for preset in PRESETS:
+        if preset in experiments:
+            if len(experiments) > 1:
+                raise ValueError(f"experiment: {preset!r} runs its cells already; give it alone")
+            return PRESETS[preset](train, estimators, args)
     datasets = [canonical_dataset(d) for d in args.dataset]
     cells = []
     for experiment in experiments:
@@ -261,10 +322,15 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             names = _estimators_for(experiment, estimators, not args.no_random)
             if names:
                 cells.append(Cell(experiment, dataset, cfg, names))
-    if not cells:
-        raise ValueError("nothing to run: no estimator applies to the requested experiments")
     return cells
 
+
+PRESETS = {"paper": _paper_cells, "reduced": _reduced_cells}
+"""Named sets of cells: every cell of the paper's Tables 2-4 (and IP-CAE), or the reduced
+reproduction sized for a 2-core CPU."""
+
+REDUCED = {"steps": 1000, "eval_every": 100, "val_size": 2000, "seeds": [0, 1, 2]}
+"""Defaults of the ``reduced`` preset (any explicit option overrides them)."""
 
 _N_FEATURES = {"mnist": 784, "fashion_mnist": 784, "digits": 64}
 
@@ -319,6 +385,7 @@ _PER_SEED_FIELDS = [
     "val_steps",
     "val_values",
     "unique_curve",
+    "protocol",
 ]
 
 
@@ -375,6 +442,7 @@ def run_cells(
                 if show_progress:
                     print(
                         f"{cell.experiment:17s} {cell.dataset:13s} {cell.setting:12s} "
+                        f"{cell.protocol:5s} "
                         f"{estimator_label(estimator):14s} seed={seed}: {result.metric} = "
                         f"{result.value:.4f}  ({result.seconds_per_step * 1e3:.1f} ms/step)",
                         file=sys.stderr,
@@ -403,6 +471,7 @@ def _append_per_seed(results: Sequence[RunResult], path: Path) -> None:
                     " ".join(map(str, r.val_steps)),
                     " ".join(f"{v:.6g}" for v in r.val_values),
                     " ".join(f"{v:.6g}" for v in r.extra_curves.get("unique_percentage", [])),
+                    r.protocol,
                 ]
             )
 
@@ -451,6 +520,7 @@ def read_per_seed(path: Path) -> list[RunResult]:
                         if row.get("unique_percentage")
                         else {}
                     ),
+                    protocol=row.get("protocol") or "exact",
                 )
             )
     return results
@@ -461,6 +531,7 @@ SUMMARY_FIELDS = [
     "experiment",
     "dataset",
     "setting",
+    "protocol",
     "estimator",
     "label",
     "metric",
@@ -477,11 +548,12 @@ SUMMARY_FIELDS = [
 
 def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """Mean and standard deviation (``ddof=1``; ``nan`` for one seed) over seeds per cell row."""
-    groups: dict[tuple[str, str, str, str], list[RunResult]] = {}
+    groups: dict[tuple[str, str, str, str, str], list[RunResult]] = {}
     for r in results:
-        groups.setdefault((r.experiment, r.dataset, r.setting, r.estimator), []).append(r)
+        key = (r.experiment, r.dataset, r.setting, r.protocol, r.estimator)
+        groups.setdefault(key, []).append(r)
     rows = []
-    for (experiment, dataset, setting, estimator), runs in groups.items():
+    for (experiment, dataset, setting, protocol, estimator), runs in groups.items():
         values = np.array([r.value for r in runs], dtype=float)
         unique = [r.extra["unique_percentage"] for r in runs if "unique_percentage" in r.extra]
         rows.append(
@@ -489,6 +561,7 @@ def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
                 "experiment": experiment,
                 "dataset": dataset,
                 "setting": setting,
+                "protocol": protocol,
                 "estimator": estimator,
                 "label": estimator_label(estimator),
                 "metric": runs[0].metric,
@@ -520,16 +593,17 @@ def _digits(experiment: str) -> int:
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown tables, one per cell, from :func:`summarize` rows."""
     lines: list[str] = []
-    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    cells: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        cells.setdefault((row["experiment"], row["dataset"], row["setting"]), []).append(row)
-    for (experiment, dataset, setting), group in cells.items():
+        key = (row["experiment"], row["dataset"], row["setting"], row.get("protocol", "exact"))
+        cells.setdefault(key, []).append(row)
+    for (experiment, dataset, setting, protocol), group in cells.items():
         metric, higher = METRICS[experiment]
         better = "higher" if higher else "lower"
         steps = group[0]["steps"]
         lines.append(
-            f"### {experiment} · {dataset} · {setting}: {metric} ({better} is better), "
-            f"{steps} steps"
+            f"### {experiment} · {dataset} · {setting} · protocol {protocol}: {metric} "
+            f"({better} is better), {steps} steps"
         )
         lines.append("")
         is_ipcae = experiment == "ipcae"
@@ -569,14 +643,15 @@ def _plot_outputs(results: Sequence[RunResult], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    cells: dict[tuple[str, str, str], list[RunResult]] = {}
+    cells: dict[tuple[str, str, str, str], list[RunResult]] = {}
     for r in results:
-        cells.setdefault((r.experiment, r.dataset, r.setting), []).append(r)
-    for (experiment, dataset, setting), runs in cells.items():
+        cells.setdefault((r.experiment, r.dataset, r.setting, r.protocol), []).append(r)
+    for (experiment, dataset, setting, protocol), runs in cells.items():
         by_est: dict[str, list[RunResult]] = {}
         for r in runs:
             by_est.setdefault(r.estimator, []).append(r)
-        name = _slug(f"{experiment}_{dataset}_{setting}")
+        suffix = "" if protocol == "exact" else f"_{protocol}"
+        name = _slug(f"{experiment}_{dataset}_{setting}{suffix}")
         metric = METRICS[experiment][0]
         curve_keys = ["val"] + (["unique_percentage"] if experiment == "ipcae" else [])
         for key in curve_keys:
@@ -607,7 +682,7 @@ def _plot_outputs(results: Sequence[RunResult], out: Path) -> list[Path]:
                     ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2)
             ax.set_xlabel("training step")
             ax.set_ylabel(metric.replace("test", "validation") if key == "val" else "unique %")
-            ax.set_title(f"{experiment} · {dataset} · {setting}")
+            ax.set_title(f"{experiment} · {dataset} · {setting} · {protocol}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()
@@ -623,7 +698,7 @@ def _plot_outputs(results: Sequence[RunResult], out: Path) -> list[Path]:
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_ylabel("ms per training step")
         ax.set_yscale("log")
-        ax.set_title(f"wall-clock per step · {experiment} · {dataset} · {setting}")
+        ax.set_title(f"ms per step · {experiment} · {dataset} · {setting} · {protocol}")
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         ax.grid(alpha=0.3, axis="y")
         fig.tight_layout()
@@ -704,8 +779,10 @@ def build_parser() -> argparse.ArgumentParser:
         "experiments",
         nargs="+",
         metavar="EXPERIMENT",
-        help="feature_selection (fs), vae, knn, ipcae, all (the four), or paper (every cell "
-        "of the paper's tables: both data sets, 5 seeds unless --seeds is given)",
+        help="feature_selection (fs), vae, knn, ipcae, all (the four), paper (every cell "
+        "of the paper's tables: both data sets, 5 seeds unless --seeds is given), or reduced "
+        "(MNIST k-NN, feature selection k=50 and k=30, VAE d=n=10: both protocols, seeds 0 1 2, "
+        "1000 steps, 2000 validation images; sized for about 3 h on 2 CPU cores)",
     )
     p.add_argument(
         "--estimators",
@@ -745,8 +822,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--hidden",
         type=int,
         nargs="+",
-        default=[200],
-        help="hidden sizes of the feature-selection decoder (the paper's code: 200 200)",
+        default=None,
+        help="hidden sizes of the feature-selection / IP-CAE decoder (default: 200 with "
+        "--protocol exact, the paper's text; 200 200 with --protocol paper, its code)",
+    )
+    p.add_argument(
+        "--protocol",
+        nargs="+",
+        choices=PROTOCOLS,
+        default=None,
+        help="exact: exact k-subset samples for SFESS(+VR), sum-of-gamma I-MLE noise, the "
+        "SIMPLE paper's estimator, the exact VAE KL summed over d, one hidden layer of 200; "
+        "paper: the SFESS paper's code (Gumbel top-k samples, Gumbel I-MLE noise, SIMPLE as in "
+        "its code, approximate KL averaged over d, two hidden layers of 200); both: give both "
+        "(default exact; exact paper for 'reduced')",
     )
     p.add_argument(
         "--seeds",
@@ -814,6 +903,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_defaults(args: argparse.Namespace) -> None:
     quick = args.quick
     paper = any(e.lower() == "paper" for e in args.experiments)
+    reduced = any(e.lower() == "reduced" for e in args.experiments)
+    if args.protocol is None:
+        args.protocol = list(PROTOCOLS) if reduced else ["exact"]
+    if reduced:
+        for name in ("steps", "eval_every", "val_size", "seeds"):
+            if getattr(args, name) is None:
+                setattr(args, name, REDUCED[name])
     if args.dataset is None:
         args.dataset = [QUICK["dataset"] if quick else "mnist"]
     if args.steps is None:
@@ -829,7 +925,7 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     if args.seeds is None:
         args.seeds = [0, 1, 2, 3, 4] if paper else [0]
     if args.out is None:
-        args.out = DEFAULT_OUT / ("quick" if quick else "latest")
+        args.out = DEFAULT_OUT / ("quick" if quick else "reduced" if reduced else "latest")
 
 
 def _merge(argv: Sequence[str]) -> int:
@@ -885,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs = len(cell.estimators) * len(args.seeds)
             total += runs
             print(
-                f"{cell.experiment} {cell.dataset} {cell.setting}: "
+                f"{cell.experiment} {cell.dataset} {cell.setting}: protocol {cell.protocol}: "
                 f"{', '.join(cell.estimators)} x seeds {args.seeds} = {runs} runs of "
                 f"{cell.config.train.steps} steps"
             )
@@ -912,6 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "experiment": c.experiment,
                         "dataset": c.dataset,
                         "setting": c.setting,
+                        "protocol": c.protocol,
                         "estimators": c.estimators,
                         "config": dataclasses.asdict(c.config),
                     }

@@ -16,6 +16,10 @@ with the exact entropy :math:`H` of :class:`~subset_rl.KSubsetPolicy` (different
 estimator needed). Only the reconstruction term goes through the estimator. The test metric is
 :math:`\mathcal{L}` with the mode latent (top-k of each logit vector), as in the paper's code,
 in nats per image (pixels in ``[0, 1]``, not binarized).
+
+With ``protocol="paper"`` (the estimator config's) the KL term is the paper code's approximation
+:func:`~subset_rl.experiments.protocol.approx_kl_to_uniform` averaged over the ``d`` latents
+(and part of the score-function reward, as there), in training and in the metric.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .common import (
     seed_everything,
     train_loop,
 )
+from .protocol import approx_kl_to_uniform, check_protocol
 
 __all__ = ["VAEConfig", "kl_to_uniform", "train_vae"]
 
@@ -94,14 +99,25 @@ class _SubsetVAE(nn.Module):
         return F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(-1)
 
 
+def _kl_term(logits: Tensor, dist: KSubsetPolicy, protocol: str) -> Tensor:
+    """Per image ``(B,)``: exact KL summed over ``d`` or the paper's approximation averaged."""
+    if protocol == "paper":
+        return approx_kl_to_uniform(logits).mean(-1)
+    return kl_to_uniform(dist).sum(-1)
+
+
 @torch.no_grad()
-def _evaluate(model: _SubsetVAE, k: int, x: Tensor, chunk: int = 2048) -> float:
+def _evaluate(
+    model: _SubsetVAE, k: int, x: Tensor, protocol: str = "exact", chunk: int = 2048
+) -> float:
     model.eval()
     total = 0.0
     for start in range(0, x.shape[0], chunk):
         xb = x[start : start + chunk]
-        dist = KSubsetPolicy(model.logits(xb), k, validate_args=False)
-        loss = model.reconstruction(dist.mode.unsqueeze(0), xb)[0] + kl_to_uniform(dist).sum(-1)
+        logits = model.logits(xb)
+        dist = KSubsetPolicy(logits, k, validate_args=False)
+        kl = _kl_term(logits, dist, protocol)
+        loss = model.reconstruction(dist.mode.unsqueeze(0), xb)[0] + kl
         total += float(loss.sum())
     model.train()
     return total / x.shape[0]
@@ -139,6 +155,7 @@ def train_vae(
         raise ValueError(f"d: expected at least one latent variable, found d={config.d}")
     device = torch.device(device)
     tc = config.train
+    protocol = check_protocol(tc.estimator.protocol)
     gen = seed_everything(seed, device)
     model = _SubsetVAE(data.num_features, config).to(device)
     layer = SubsetLayer(estimator, config.k, tc.estimator).to(device)
@@ -157,14 +174,17 @@ def train_vae(
             else KSubsetPolicy(logits, config.k, validate_args=False)
         )
         rec = model.reconstruction(draw.z, x)  # (S, B)
-        loss = layer.objective(draw, rec) + kl_to_uniform(dist).sum(-1).mean()
+        if protocol == "paper":  # the paper's code: one scalar KL, inside the reward too
+            loss = layer.objective(draw, rec + approx_kl_to_uniform(logits).mean())
+        else:
+            loss = layer.objective(draw, rec) + kl_to_uniform(dist).sum(-1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return float(loss.detach())
 
     def evaluate() -> dict[str, float]:
-        return {"val": _evaluate(model, config.k, data.x_val)}
+        return {"val": _evaluate(model, config.k, data.x_val, protocol)}
 
     steps, curves, sec = train_loop(
         step,
@@ -183,8 +203,9 @@ def train_vae(
         seed=seed,
         steps=tc.steps,
         metric="test BCE + KL (nats)",
-        value=_evaluate(model, config.k, data.x_test),
+        value=_evaluate(model, config.k, data.x_test, protocol),
         seconds_per_step=sec,
         val_steps=steps,
         val_values=curves["val"],
+        protocol=protocol,
     )
