@@ -8,12 +8,13 @@ returns ``self``; ``predict(obs, deterministic=False)`` returns ``(action, None)
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from stable_baselines3.common.logger import HParam, Logger, configure
 from torch import Tensor, nn
 
 from subset_rl import KSubsetPolicy
+from subset_rl import defaults as _defaults
 from subset_rl.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -35,7 +37,7 @@ from subset_rl.checkpoint import (
 )
 from subset_rl.envs import SubsetObjective
 
-from .gym_objective import GymEnvObjective
+from .gym_objective import GymEnvObjective, flatten_observations
 from .policies import FreeLogits, IPLogits, MLPLogits, PairwiseLogits, build_policy
 
 __all__ = ["BaseAgent", "resolve_device", "resolve_objective"]
@@ -106,10 +108,12 @@ class BaseAgent(abc.ABC):
             voting, an MLP for other contextual objectives, free logits otherwise), ``"mlp"``,
             ``"free"``, ``"ip"`` (indirect parameterization), ``"pairwise"``, or an
             ``nn.Module`` mapping observations ``(batch, obs_dim)`` to logits ``(batch, n)``.
-        batch_size: contexts per step.
-        learning_rate: optimizer step size.
+        batch_size: contexts per step (``None``: the default for this env, shared with the
+            CLI; see :func:`subset_rl.defaults.native_settings`).
+        learning_rate: optimizer step size (``None``: the default for this env).
         optimizer: ``"adam"``, ``"sgd"`` or a ``torch.optim.Optimizer`` class.
-        max_grad_norm: gradient clipping (``None`` or ``inf`` for none); the norm is logged.
+        max_grad_norm: gradient clipping (``None`` or ``inf`` for none; ``"auto"``: the default
+            for this env); the norm is logged.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         seed: seeds the agent's generator (contexts and samples) and the policy initialisation.
         tensorboard_log: folder for TensorBoard event files (``None``: no logging to disk).
@@ -120,17 +124,27 @@ class BaseAgent(abc.ABC):
         checkpoint_freq: steps between checkpoints (written atomically).
         env_kwargs: keyword arguments for ``gymnasium.make`` when ``env`` is an id.
         verbose: 0 silent, 1 prints the logged rows.
+        torch_threads: CPU threads of torch inside :meth:`learn` and :meth:`evaluate`
+            (default :data:`subset_rl.defaults.TORCH_THREADS`, 1, as the CLI: these small steps
+            run fastest on one thread); the caller's setting is restored when they return.
+            ``None`` leaves torch's setting alone.
+
+    The defaults of ``batch_size``, ``learning_rate`` and ``max_grad_norm`` come from
+    :mod:`subset_rl.defaults`, the same values ``subset-rl train`` uses for an env id (for
+    example ``lr=0.1, batch_size=4, max_grad_norm=1`` on ``subset_rl/SensorPlacement-v0``).
     """
+
+    _agent_name: str = "sfess"
 
     def __init__(
         self,
         env: SubsetObjective | gym.Env | str,
         *,
         policy: str | nn.Module = "auto",
-        batch_size: int = 16,
-        learning_rate: float = 1e-2,
+        batch_size: int | None = None,
+        learning_rate: float | None = None,
         optimizer: str | type[torch.optim.Optimizer] = "adam",
-        max_grad_norm: float | None = None,
+        max_grad_norm: float | str | None = "auto",
         device: str | torch.device = "auto",
         seed: int | None = 0,
         tensorboard_log: str | os.PathLike | None = None,
@@ -139,9 +153,25 @@ class BaseAgent(abc.ABC):
         checkpoint_freq: int = 1000,
         env_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
+        torch_threads: int | None = _defaults.TORCH_THREADS,
     ) -> None:
         self.env_id = env if isinstance(env, str) else None
         self.env_kwargs = dict(env_kwargs or {})
+        self.torch_threads = (
+            None if torch_threads is None else _positive_int("torch_threads", torch_threads)
+        )
+        preset = _defaults.native_settings(self.env_id, self._agent_name)
+        if batch_size is None:
+            batch_size = preset["batch_size"]
+        if learning_rate is None:
+            learning_rate = preset["lr"]
+        if isinstance(max_grad_norm, str):
+            if max_grad_norm != "auto":
+                raise ValueError(
+                    f"max_grad_norm must be a positive float, None or 'auto', found "
+                    f"{max_grad_norm!r}"
+                )
+            max_grad_norm = preset["max_grad_norm"]
         self.objective = resolve_objective(env, env_kwargs)
         self.device = resolve_device(device)
         self.n, self.k = self.objective.n, self.objective.k
@@ -239,16 +269,27 @@ class BaseAgent(abc.ABC):
         """Action(s) for observation(s), as Stable-Baselines3's ``predict``.
 
         Args:
-            observation: ``(obs_dim,)`` or ``(n_envs, obs_dim)``.
+            observation: ``(obs_dim,)`` or ``(n_envs, obs_dim)``; for an env whose observation
+                space is not a flat ``Box`` (a ``Dict``, ``Tuple``, ``Discrete``, a ``Box`` of
+                another shape...), one observation of that space or a batch of them as a vector
+                env returns them (flat rows of size ``obs_dim`` work too).
             deterministic: the mode (top-k of the logits) instead of a sample.
 
         Returns:
             ``(action, None)``; ``action`` is float32 k-hot of shape ``(n,)`` or ``(n_envs, n)``.
+
+        Raises:
+            ValueError: the observation fits neither the env's space nor ``(obs_dim,)``.
         """
-        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32), device=self.device)
-        single = obs.dim() == 1
-        if single:
-            obs = obs.unsqueeze(0)
+        space = getattr(self.objective, "observation_space", None)
+        if space is not None:
+            rows, single = flatten_observations(space, observation)
+            obs = torch.as_tensor(rows, device=self.device)
+        else:
+            obs = torch.as_tensor(np.asarray(observation, dtype=np.float32), device=self.device)
+            single = obs.dim() == 1
+            if single:
+                obs = obs.unsqueeze(0)
         if obs.dim() != 2 or obs.shape[-1] != self.obs_dim:
             raise ValueError(
                 f"observation must have shape ({self.obs_dim},) or (n_envs, {self.obs_dim}), "
@@ -280,6 +321,20 @@ class BaseAgent(abc.ABC):
             exclude=("stdout", "log", "json", "csv"),
         )
 
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Runs the body with :attr:`torch_threads` CPU threads, then restores the caller's."""
+        wanted = self.torch_threads
+        before = torch.get_num_threads()
+        if wanted is None or wanted == before:
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def learn(
         self,
         total_steps: int,
@@ -289,6 +344,9 @@ class BaseAgent(abc.ABC):
         trust_pickle: bool = False,
     ) -> BaseAgent:
         """Train for ``total_steps`` gradient steps.
+
+        Runs with ``torch_threads`` CPU threads (see the class), restoring the caller's
+        setting on return.
 
         Args:
             total_steps: number of steps to take; with ``resume_from``, the total of the run
@@ -314,6 +372,17 @@ class BaseAgent(abc.ABC):
                 ``k``; the message names the file.
         """
         total_steps = _positive_int("total_steps", total_steps, minimum=0)
+        with self._threads():
+            return self._learn(total_steps, callback, progress_bar, resume_from, trust_pickle)
+
+    def _learn(
+        self,
+        total_steps: int,
+        callback: Callback | None,
+        progress_bar: bool,
+        resume_from: str | os.PathLike | None,
+        trust_pickle: bool,
+    ) -> BaseAgent:
         if self.checkpoint_dir is not None:  # a previous run may have been killed mid-write:
             recover_checkpoint_dir(self.checkpoint_dir)  # before resuming from its last.pt
         if resume_from is not None:
@@ -505,9 +574,16 @@ class BaseAgent(abc.ABC):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, num_contexts: int = 256, deterministic: bool = True) -> float:
-        """Mean reward of the policy on fresh contexts (drawn from a separate generator)."""
+        """Mean reward of the policy on fresh contexts (drawn from a separate generator).
+
+        Runs with ``torch_threads`` CPU threads, as :meth:`learn`.
+        """
+        with self._threads():
+            return self._evaluate(_positive_int("num_contexts", num_contexts), deterministic)
+
+    def _evaluate(self, num_contexts: int, deterministic: bool) -> float:
         gen = torch.Generator(device=self.device).manual_seed(2**31 - 1)
-        ctx = self.objective.sample_context(_positive_int("num_contexts", num_contexts), gen)
+        ctx = self.objective.sample_context(num_contexts, gen)
         with torch.no_grad():
             d = self.distribution(ctx.obs)
             z = d.mode if deterministic else d.sample(generator=gen)
@@ -545,6 +621,7 @@ class BaseAgent(abc.ABC):
             "seed": self.seed,
             "log_interval": self.log_interval,
             "checkpoint_freq": self.checkpoint_freq,
+            "torch_threads": self.torch_threads,
             "optimizer": _OPTIMIZER_NAMES.get(self.optimizer_class),
             "env_id": self.env_id,
             "env_kwargs": self.env_kwargs,

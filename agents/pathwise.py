@@ -55,6 +55,8 @@ class Pathwise(BaseAgent):
         **kwargs: the shared settings of :class:`~subset_rl.agents.base.BaseAgent`.
     """
 
+    _agent_name = "pathwise"  # defaults: subset_rl.defaults.native_settings(env, "pathwise")
+
     def __init__(
         self,
         env: Any,

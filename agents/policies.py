@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from subset_rl.defaults import POLICIES
 from subset_rl.estimators import IndirectLogits
 
 __all__ = ["POLICIES", "FreeLogits", "IPLogits", "MLPLogits", "PairwiseLogits", "build_policy"]
 
-POLICIES: tuple[str, ...] = ("auto", "mlp", "free", "ip", "pairwise")
 
 
 class MLPLogits(nn.Module):

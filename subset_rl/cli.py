@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from subset_rl import defaults as _defaults
+
 if TYPE_CHECKING:
     import gymnasium as gym
     import torch
@@ -73,26 +75,16 @@ AGENTS: tuple[str, ...] = ("sfess", *SB3_AGENTS, *PATHWISE_AGENTS)
 EVAL_SEED = 2**31 - 1
 """Seed of the evaluation generator (the one :meth:`BaseAgent.evaluate` uses too)."""
 
-NATIVE_DEFAULTS: dict[str, Any] = {
-    "steps": 500, "num_samples": 16, "batch_size": 16, "lr": 1e-2,
-    "max_grad_norm": None, "ent_coef": 0.0,
-}
-"""Settings of the native agents (``sfess`` and the pathwise estimators) on any env."""
+# The defaults live in subset_rl.defaults, shared with the Python API; these names stay here for
+# the code that imported them from the CLI.
+NATIVE_DEFAULTS = _defaults.NATIVE_DEFAULTS
+"""Settings of the native agents: :data:`subset_rl.defaults.NATIVE_DEFAULTS`."""
 
-RECOMMENDED: dict[str, dict[str, Any]] = {
-    # A free logit vector over the 256 cells; heavy-tailed rewards (a badly conditioned
-    # placement has a relative error in the hundreds) call for clipping and a little entropy.
-    "subset_rl/SensorPlacement-v0": {
-        "steps": 1500, "num_samples": 16, "batch_size": 4, "lr": 0.1,
-        "max_grad_norm": 1.0, "ent_coef": 0.01,
-    },
-    # An MLP on the query and its candidates.
-    "subset_rl/KNNVoting-v0": {"lr": 1e-3},
-}
-"""Per-env overrides of :data:`NATIVE_DEFAULTS` for the ``sfess`` agent."""
+RECOMMENDED = _defaults.RECOMMENDED
+"""Per-env overrides for ``sfess``: :data:`subset_rl.defaults.RECOMMENDED`."""
 
-SB3_DEFAULTS: dict[str, Any] = {"steps": 10_000, "n_envs": 8, "batch_size": 128, "n_steps": 64}
-"""Settings of ``ppo`` / ``a2c``; their ``--steps`` counts environment steps."""
+SB3_DEFAULTS = _defaults.SB3_DEFAULTS
+"""Settings of ``ppo`` / ``a2c``: :data:`subset_rl.defaults.SB3_DEFAULTS`."""
 
 RANDOM_SAMPLES = 32
 """Random k-subsets per evaluation context for the random baseline."""
@@ -180,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=None,
                        help="contexts per step (ppo: minibatch size)")
     train.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
-    train.add_argument("--policy", choices=("auto", "free", "mlp", "ip"), default="auto",
-                       help="native agents: free logits, an MLP on the observation, or the "
-                       "indirect parameterization (default: free for context-free envs)")
+    train.add_argument("--policy", choices=_defaults.POLICIES, default="auto",
+                       help="native agents: free logits, an MLP on the observation, the "
+                       "indirect parameterization, or per-item scores of [query, items] "
+                       "observations (pairwise; default auto: pairwise for k-NN voting, free "
+                       "for context-free envs, else mlp)")
     train.add_argument("--max-grad-norm", type=_positive_float, default=None,
                        help="gradient clipping of the native agents")
     train.add_argument("--ent-coef", type=_nonnegative_float, default=None,
@@ -231,7 +225,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="do not save the plot")
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no progress bar or notes (the table is still printed)")
-    parser.add_argument("--threads", type=_positive_int, default=1,
+    parser.add_argument("--threads", type=_positive_int, default=_defaults.TORCH_THREADS,
                         help="CPU threads of torch (default 1: these small batched steps run "
                         "fastest on one thread, and far faster than on two busy cores)")
 
@@ -306,7 +300,10 @@ def make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env[Any, Any]:
 def _objective_of(env: gym.Env[Any, Any]) -> SubsetObjective:
     from subset_rl.agents import resolve_objective
 
-    return resolve_objective(env)
+    try:
+        return resolve_objective(env)
+    except (TypeError, ValueError) as err:  # an observation space with no flat form, ...
+        raise CLIError(str(err)) from None
 
 
 def _slug(env_id: str) -> str:
@@ -497,6 +494,38 @@ def format_table(result: EvalResult, header: list[str], times: list[tuple[str, f
     return "\n".join(lines)
 
 
+def no_better_than_random(result: EvalResult) -> str | None:
+    """A warning when the trained policy does not clearly beat random k-subsets, else ``None``.
+
+    "Clearly" means its mean reward exceeds the random baseline's by more than two standard
+    errors of the difference, on the same evaluation contexts.
+
+    Args:
+        result: What :func:`evaluate` measured (the policy's row first).
+
+    Returns:
+        The warning text, or ``None`` when the policy is clearly better (or there is no random
+        row).
+    """
+    policy = result.rows[0].summary()
+    for row in result.rows[1:]:
+        if row.name.startswith("random k-subset"):
+            rand = row.summary()
+            break
+    else:
+        return None
+    sems = [x for x in (policy["sem"], rand["sem"]) if math.isfinite(x)]
+    margin = 2.0 * math.sqrt(sum(x * x for x in sems))
+    if policy["mean"] - rand["mean"] > margin:
+        return None
+    return (
+        f"warning: the trained policy is no better than random k-subsets (reward "
+        f"{policy['mean']:.4f} vs {rand['mean']:.4f}, within two standard errors or below); "
+        "it has not learned: train longer (--steps), change the learning rate (--lr), or try "
+        "--agent sfess"
+    )
+
+
 def _save_plot(objective: SubsetObjective, result: EvalResult, path: Path, policy_name: str,
                title: str, quiet: bool) -> Path | None:
     from subset_rl.plots import matplotlib_available, plot_selection
@@ -528,9 +557,18 @@ def _native_act(agent: Any) -> Callable[[Any], tuple[Any, Any]]:
 def _sb3_act(model: Any) -> Callable[[Any], tuple[Any, Any]]:
     import numpy as np
     import torch
+    from gymnasium import spaces
+
+    from subset_rl.agents.gym_objective import unflatten_observations
+
+    space = model.observation_space
 
     def act(obs: Any) -> tuple[Any, Any]:
         obs_np = obs.cpu().numpy().astype(np.float32)
+        if not (isinstance(space, spaces.Box) and space.shape == obs_np.shape[1:]):
+            # contexts hold observations flattened (GymEnvObjective); the model wants the
+            # env's own structure (a dict of arrays for a Dict space)
+            obs_np = unflatten_observations(space, obs_np)
         actions, _ = model.predict(obs_np, deterministic=True)
         marginals = None
         try:
@@ -539,7 +577,7 @@ def _sb3_act(model: Any) -> Callable[[Any], tuple[Any, Any]]:
             marginals = dist.marginals.cpu()
         except AttributeError:
             pass
-        return torch.as_tensor(np.asarray(actions).reshape(obs_np.shape[0], -1)), marginals
+        return torch.as_tensor(np.asarray(actions).reshape(obs.shape[0], -1)), marginals
 
     return act
 
@@ -579,7 +617,7 @@ def _sb3_progress(total: int, desc: str) -> Any:
 
 def _settings(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
     if args.agent in SB3_AGENTS:
-        settings = dict(SB3_DEFAULTS)
+        settings = _defaults.sb3_settings(env_id.split(":")[-1], args.agent)
         for name in ("num_samples", "max_grad_norm"):
             if getattr(args, name) is not None:
                 raise CLIError(f"--{name.replace('_', '-')} applies to the native agents "
@@ -587,11 +625,7 @@ def _settings(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
         if args.policy != "auto":
             raise CLIError(f"--policy applies to the native agents, not to {args.agent}")
     else:
-        settings = dict(NATIVE_DEFAULTS)
-        if args.agent == "sfess":
-            settings.update(RECOMMENDED.get(env_id.split(":")[-1], {}))
-        else:
-            settings["num_samples"] = 1
+        settings = _defaults.native_settings(env_id, args.agent)
         if args.n_envs is not None:
             raise CLIError(f"--n-envs applies to ppo and a2c, not to {args.agent}")
         if args.ent_coef is not None and args.agent != "sfess":
@@ -620,6 +654,7 @@ def _train_native(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, A
         "checkpoint_freq": args.checkpoint_freq or max(1, settings["steps"] // 5),
         "env_kwargs": env_kwargs,
         "num_samples": settings["num_samples"],
+        "torch_threads": args.threads,
     }
     try:
         if args.agent == "sfess":
@@ -855,6 +890,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                      args.eval_contexts)
     print()
     print(format_table(result, header, times))
+    warning = no_better_than_random(result)
+    if warning is not None:  # shown even with --quiet: the run did not do its job
+        print(f"\n{warning}", file=sys.stderr)
     plot = None
     if not args.no_plot:
         plot = _save_plot(objective, result, logdir / "selection.png", label.split()[0],
@@ -985,6 +1023,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     header[0] += f"  [{path}]"
     print(format_table(result, header, [("evaluation", result.seconds),
                                         ("in all", time.perf_counter() - start)]))
+    warning = no_better_than_random(result)
+    if warning is not None:
+        print(f"\n{warning}", file=sys.stderr)
     if not args.no_plot:
         plot = _save_plot(objective, result, path.with_name(f"{path.stem}_selection.png"),
                           label.split()[0], f"{env_id}: {agent_name}", args.quiet)

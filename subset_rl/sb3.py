@@ -385,6 +385,34 @@ def _check_policy_options(
 # --------------------------------------------------------------------------------------------
 # Policy
 # --------------------------------------------------------------------------------------------
+def _with_features_extractor(
+    observation_space: spaces.Space[Any], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``kwargs`` with the feature extractor the observation space needs, unless one is given.
+
+    ``CombinedExtractor`` for a ``Dict`` space (SB3's ``MultiInputPolicy``), SB3's default
+    ``FlattenExtractor`` otherwise (``Box`` of any shape, ``Discrete``, ``MultiDiscrete``,
+    ``MultiBinary``: SB3 one-hot encodes the discrete ones).
+
+    Raises:
+        ValueError: for a ``Tuple`` observation space, which SB3's rollout buffers cannot hold.
+    """
+    if isinstance(observation_space, spaces.Tuple):
+        raise ValueError(
+            f"observation_space: Stable-Baselines3 does not support Tuple observation spaces, "
+            f"found {observation_space}; use a Dict space, or wrap the env in "
+            "gymnasium.wrappers.FlattenObservation (the native agents take Tuple observations "
+            "as they are)"
+        )
+    if isinstance(observation_space, spaces.Dict) and kwargs.get(
+        "features_extractor_class"
+    ) is None:
+        from stable_baselines3.common.torch_layers import CombinedExtractor
+
+        kwargs = dict(kwargs, features_extractor_class=CombinedExtractor)
+    return kwargs
+
+
 class _KSubsetPolicyMixin:
     """What both k-hot actor-critic policies share: options, ``k`` before ``_build``, the head."""
 
@@ -403,6 +431,7 @@ class _KSubsetPolicyMixin:
         **kwargs: Any,
     ) -> None:
         space = check_k_hot_space(action_space)
+        kwargs = _with_features_extractor(observation_space, kwargs)
         if kwargs.get("use_sde"):
             raise ValueError(
                 "use_sde: expected False, found True (gSDE is for continuous actions; the k-hot "
@@ -435,6 +464,10 @@ class KSubsetActorCriticPolicy(_KSubsetPolicyMixin, ActorCriticPolicy):
     an env with a :class:`~subset_rl.envs.KHot` action space; ``k`` and the allowed items are read
     from the space. Everything else (``net_arch``, ``activation_fn``, feature extractors,
     ``ortho_init``, optimizer) is as in SB3's ``ActorCriticPolicy``; gSDE is not available.
+
+    Observations: any space SB3 accepts. For a ``Dict`` observation space the policy picks
+    SB3's ``CombinedExtractor`` (as ``MultiInputPolicy`` does), for the others SB3's
+    ``FlattenExtractor``, unless ``policy_kwargs`` names a ``features_extractor_class``.
 
     Args:
         observation_space: Observation space.
