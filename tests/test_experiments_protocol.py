@@ -16,6 +16,7 @@ from subset_rl import marginals
 from subset_rl.experiments import (
     PAPER_RESULTS,
     EstimatorConfig,
+    RunResult,
     SubsetLayer,
     TrainConfig,
     VAEConfig,
@@ -38,6 +39,7 @@ from subset_rl.experiments.protocol import (
     paper_simple_logits,
     paper_simple_sample,
 )
+from subset_rl.experiments.runner import plot_timing, timing_ratios
 
 OLD_HEADER = (
     "experiment,dataset,setting,estimator,seed,steps,metric,value,seconds_per_step,"
@@ -64,7 +66,7 @@ def test_merge_reads_records_without_the_unique_curve_column(tmp_path):
         OLD_HEADER + "\n"
         "ipcae,mnist,k=50,cae,0,200,test BCE per pixel,0.37,0.0067,92.0,0 100 200,0.7 0.5 0.37\n"
         "ipcae,mnist,k=50,ipcae,0,200,test BCE per pixel,0.34,0.0152,94.0,0 100 200,0.7 0.4 0.34\n"
-        "knn,mnist,\"d=2,k=10\",sfess,0,200,test k-NN accuracy,0.48,0.03,,0 100 200,0.1 0.3 0.48\n"
+        'knn,mnist,"d=2,k=10",sfess,0,200,test k-NN accuracy,0.48,0.03,,0 100 200,0.1 0.3 0.48\n'
     )
     out = tmp_path / "merged"
     assert main(["merge", str(src), "--out", str(out)]) == 0
@@ -211,3 +213,30 @@ def test_reduced_preset_plan(capsys):
         ln for ln in plan.splitlines() if ln.startswith("knn mnist d=2,k=10: protocol paper")
     )
     assert "gs," not in knn_paper and "sfess_vr" in knn_paper
+
+
+# --------------------------------------------------------------------------- timing (item 5)
+def _timed(estimator: str, seed: int, sec: float, protocol: str = "exact") -> RunResult:
+    return RunResult(
+        "vae", "mnist", "d=n=10,k=5", estimator, seed, 10, "test BCE + KL (nats)", 100.0, sec,
+        [0, 10], [200.0, 100.0], protocol=protocol,
+    )  # fmt: skip
+
+
+def test_timing_figure_from_synthetic_records(tmp_path):
+    results = [
+        _timed("stgs", 0, 0.010), _timed("stgs", 1, 0.030),
+        _timed("sfess_vr", 0, 0.050), _timed("sfess_vr", 1, 0.070),
+        _timed("sfess_vr", 0, 0.090, "paper"),
+    ]  # fmt: skip
+    rows = timing_ratios(results)
+    by = {(r["protocol"], r["estimator"]): r for r in rows}
+    assert by[("exact", "stgs")]["ms_per_step"] == pytest.approx(20.0)
+    assert by[("exact", "sfess_vr")]["ratio"] == pytest.approx(3.0)
+    assert math.isnan(by[("paper", "sfess_vr")]["ratio"])  # no STGS in that cell
+    path = plot_timing(results, tmp_path / "fig" / "timing.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="at least one run"):
+        timing_ratios([])
+    with pytest.raises(ValueError, match="seconds_per_step"):
+        timing_ratios([_timed("stgs", 0, float("nan"))])

@@ -77,9 +77,11 @@ __all__ = [
     "Cell",
     "build_parser",
     "main",
+    "plot_timing",
     "read_per_seed",
     "run_cells",
     "summarize",
+    "timing_ratios",
     "write_outputs",
 ]
 
@@ -709,6 +711,118 @@ def _plot_outputs(results: Sequence[RunResult], out: Path) -> list[Path]:
     return written
 
 
+def timing_ratios(results: Sequence[RunResult], reference: str = "stgs") -> list[dict[str, Any]]:
+    """Mean seconds per training step per cell, protocol and estimator, relative to ``reference``.
+
+    The records are the runs' own (``seconds_per_step`` of each run, mean over seeds); the ratio
+    ``SFESS+VR / STGS`` is the number the paper's Fig. 3b discusses.
+
+    Args:
+        results: The runs.
+        reference: Estimator the ratios are taken to (``nan`` in cells without it).
+
+    Returns:
+        One dict per (experiment, dataset, setting, protocol, estimator) with ``"ms_per_step"``
+        and ``"ratio"``, in the order of the records.
+
+    Raises:
+        ValueError: If ``results`` is empty or a time is not a positive finite number.
+    """
+    if not results:
+        raise ValueError("results: expected at least one run, found none")
+    groups: dict[tuple[str, str, str, str], dict[str, list[float]]] = {}
+    for r in results:
+        sec = float(r.seconds_per_step)
+        if not (math.isfinite(sec) and sec > 0):
+            raise ValueError(
+                f"seconds_per_step: expected a positive finite number, found {sec} for "
+                f"{r.experiment} {r.dataset} {r.setting} {r.estimator} seed={r.seed}"
+            )
+        cell = (r.experiment, r.dataset, r.setting, r.protocol)
+        groups.setdefault(cell, {}).setdefault(r.estimator, []).append(sec)
+    rows = []
+    for (experiment, dataset, setting, protocol), by_est in groups.items():
+        ref = by_est.get(reference)
+        ref_ms = 1e3 * float(np.mean(ref)) if ref else math.nan
+        for estimator, secs in by_est.items():
+            ms = 1e3 * float(np.mean(secs))
+            rows.append(
+                {
+                    "experiment": experiment,
+                    "dataset": dataset,
+                    "setting": setting,
+                    "protocol": protocol,
+                    "estimator": estimator,
+                    "ms_per_step": ms,
+                    "ratio": ms / ref_ms if ref else math.nan,
+                }
+            )
+    return rows
+
+
+def plot_timing(results: Sequence[RunResult], path: Path, reference: str = "stgs") -> Path:
+    """The paper's Fig. 3b from the runs' records: ms per training step, every cell in one figure.
+
+    One group of bars per estimator, one bar per cell and protocol (log scale), each labelled
+    with its ratio to ``reference`` (``x1.0`` for the reference itself).
+
+    Args:
+        results: The runs (their ``seconds_per_step``).
+        path: The PNG file to write (its folder is created).
+        reference: Estimator the ratios are taken to.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: As :func:`timing_ratios`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = timing_ratios(results, reference)
+    estimators = list(dict.fromkeys(r["estimator"] for r in rows))
+    cells = list(
+        dict.fromkeys((r["experiment"], r["dataset"], r["setting"], r["protocol"]) for r in rows)
+    )
+    width = 0.8 / len(cells)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(estimators) + 2), 4.2))
+    for j, cell in enumerate(cells):
+        lookup = {
+            r["estimator"]: r
+            for r in rows
+            if (r["experiment"], r["dataset"], r["setting"], r["protocol"]) == cell
+        }
+        xs = [i + (j - (len(cells) - 1) / 2) * width for i, e in enumerate(estimators)
+              if e in lookup]  # fmt: skip
+        present = [e for e in estimators if e in lookup]
+        bars = ax.bar(
+            xs,
+            [lookup[e]["ms_per_step"] for e in present],
+            width,
+            label=" · ".join(cell),
+        )
+        labels = [
+            "" if math.isnan(lookup[e]["ratio"]) else f"x{lookup[e]['ratio']:.1f}" for e in present
+        ]
+        ax.bar_label(bars, labels=labels, fontsize=6, rotation=90, padding=2)
+    ax.set_xticks(range(len(estimators)), [estimator_label(e) for e in estimators])
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per training step")
+    ax.set_title(f"wall-clock per training step (labels: ratio to {estimator_label(reference)})")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_outputs(
     results: Sequence[RunResult],
     out: Path,
@@ -757,6 +871,9 @@ def write_outputs(
     )
     paths = {"csv": csv_path, "md": md_path}
     for path in _plot_outputs(results, out):
+        paths[f"png:{path.name}"] = path
+    if results:
+        path = plot_timing(results, out / "timing_all.png")
         paths[f"png:{path.name}"] = path
     return paths
 
