@@ -13,6 +13,13 @@ Usage (``python -m subset_rl.experiments --help`` lists every option)::
     # --dry-run lists the 400 runs first
     python -m subset_rl.experiments paper --device cuda --out examples/results/paper/full
 
+    # the paper's code as published (Gumbel top-k SFESS samples, ...), or both protocols
+    python -m subset_rl.experiments paper --protocol paper --device cuda --out runs/paper_code
+    python -m subset_rl.experiments fs --protocol exact paper --steps 300 --out runs/both
+
+    # the reduced reproduction for a 2-core CPU (both protocols, 3 seeds, about 3 h)
+    python -m subset_rl.experiments reduced --threads 2 --out examples/results/paper/reduced
+
     # split over GPUs (any selection of experiments / data sets / seeds), then merge
     python -m subset_rl.experiments merge OUT_DIR_1 OUT_DIR_2 ... --out examples/results/paper/full
 
@@ -24,7 +31,9 @@ folder is passed as ``--out``):
 * ``results.csv`` and ``results.md``: per cell and estimator, mean and standard deviation over
   seeds of the test metric, next to the paper's number, with the wall-clock per training step;
 * ``curves_<experiment>_<dataset>_<setting>.png``: validation curves (mean and spread over seeds);
-* ``timing_<experiment>_<dataset>_<setting>.png``: seconds per training step (Fig. 3b);
+* ``timing_<experiment>_<dataset>_<setting>.png``: seconds per training step, per cell;
+* ``timing_all.png``: every cell's ms per step with the ratio to STGS (the paper's Fig. 3b);
+* plots of ``--protocol paper`` cells end in ``_paper``;
 * ``unique_ipcae_<dataset>_<setting>.png``: the IP-CAE unique-percentage curves;
 * ``config.json``: the command and every setting of every cell.
 """
