@@ -9,11 +9,18 @@ missingness. It is a black box for the agent: no gradient flows through the tree
 The classifier's OpenMP threads are limited to one while it trains and predicts: small
 predictions are faster that way, and a multi-threaded OpenMP pool slows down by an order of
 magnitude when the cores are shared (other processes, vector-env workers).
+
+Vector envs: a prediction costs about the same for one row as for dozens (the trees are walked
+once per call), so :meth:`FeatureAcquisitionEnv.prefetch_steps` predicts the rows of the next
+``step`` of many envs in one call; :class:`subset_rl.sb3.SubsetDummyVecEnv` (the default of
+:func:`subset_rl.sb3.make_subset_vec_env`) calls it before stepping its envs, and each ``step``
+then finds its prediction ready (``benchmarks/bench_feature_acquisition.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,6 +222,9 @@ class FeatureAcquisitionObjective(SubsetObjective):
                 f"found {type(classifier).__name__}"
             )
         self.classifier = classifier
+        # Raw classifier outputs computed ahead by prefetch_steps, by the bytes of their input
+        # row; a step takes its row out, anything else is predicted as usual.
+        self._prefetched: dict[bytes, np.ndarray] = {}
         column = {int(c): i for i, c in enumerate(np.asarray(classifier.classes_))}
         self._column = np.array([column.get(c, -1) for c in range(self.n_classes)])
         episodes = test if self.split == "test" else train
@@ -246,12 +256,34 @@ class FeatureAcquisitionObjective(SubsetObjective):
         mask = mask | self.free
         x = np.broadcast_to(np.asarray(features, dtype=np.float64), mask.shape)
         flat = np.where(mask, x, np.nan).reshape(-1, self.n)
-        with _single_thread():
-            proba = self.classifier.predict_proba(flat)
+        proba = self._predict_rows(flat)
         out = np.zeros((flat.shape[0], self.n_classes))
         present = self._column >= 0
         out[:, present] = proba[:, self._column[present]]
         return out.reshape(*mask.shape[:-1], self.n_classes)
+
+    def _predict_rows(self, flat: np.ndarray) -> np.ndarray:
+        """The classifier's ``predict_proba`` of the rows, taken from the prefetched ones if
+        all of them are there."""
+        if self._prefetched and flat.shape[0] <= len(self._prefetched):
+            keys = [row.tobytes() for row in flat]
+            if all(key in self._prefetched for key in keys):
+                return np.stack([self._prefetched.pop(key) for key in keys])
+        with _single_thread():
+            return self.classifier.predict_proba(flat)
+
+    def classifier_rows(self, z: NDArray[Any], rows: ArrayLike) -> np.ndarray:
+        """The classifier inputs for acquisition masks ``z`` ``(batch, n)`` of data rows.
+
+        Args:
+            z: Acquisition masks, shape ``(batch, n)``.
+            rows: Row of each instance in the episodes' split, shape ``(batch,)``.
+
+        Returns:
+            float64 ``(batch, n)``: the features acquired or free, NaN elsewhere.
+        """
+        mask = (np.asarray(z) != 0) | self.free
+        return np.where(mask, self._X[np.asarray(rows)], np.nan)
 
     def _sample_context(self, batch_size: int, generator: torch.Generator | None) -> Context:
         index = self._randint(self._X.shape[0], (batch_size,), generator)
@@ -384,6 +416,52 @@ class FeatureAcquisitionEnv(SubsetEnv):
             self._high = np.full(n, float(X.max()))
         else:
             self._low, self._high = X.min(axis=0), X.max(axis=0)
+
+    @staticmethod
+    def prefetch_steps(items: Sequence[tuple[FeatureAcquisitionEnv, Any]]) -> int:
+        """Predicts what the next ``env.step(action)`` of each pair needs, one call per classifier.
+
+        Every env of the same classifier (the default one is shared by all envs of a process)
+        gets its row predicted in a single ``predict_proba`` call; each env's next ``step``
+        with that action then takes its prediction instead of calling the classifier for one
+        row. Rewards, infos and every check of ``step`` are unchanged: a step whose row was not
+        prefetched (no running episode, an action of the wrong shape or one that is projected)
+        predicts it as before.
+
+        Args:
+            items: ``(env, action)`` pairs (``env`` unwrapped).
+
+        Returns:
+            The number of rows predicted ahead.
+        """
+        groups: dict[int, list[tuple[FeatureAcquisitionObjective, bytes, np.ndarray]]] = {}
+        for env, _ in items:  # what an earlier call left (a step that raised)
+            if isinstance(env.objective, FeatureAcquisitionObjective):
+                env.objective._prefetched = {}
+        for env, action in items:
+            objective = env.objective
+            if not isinstance(objective, FeatureAcquisitionObjective):
+                continue
+            context = env._context
+            z = np.asarray(action)
+            if not isinstance(context, FeatureContext) or z.shape != (objective.n,):
+                continue
+            if not np.issubdtype(z.dtype, np.number) and z.dtype != np.bool_:
+                continue
+            index = context.index.reshape(-1)[:1].cpu().numpy()
+            row = objective.classifier_rows(z[None], index)[0]
+            groups.setdefault(id(objective.classifier), []).append(
+                (objective, row.tobytes(), row)
+            )
+        count = 0
+        for group in groups.values():
+            stacked = np.stack([row for _, _, row in group])
+            with _single_thread():
+                proba = group[0][0].classifier.predict_proba(stacked)
+            for (objective, key, _), p in zip(group, proba, strict=True):
+                objective._prefetched[key] = p
+            count += len(group)
+        return count
 
     def _draw(
         self, context: Any, z: NDArray[np.int8] | None, info: dict[str, Any]

@@ -596,23 +596,9 @@ def _import_sb3() -> Any:
 
 
 def _sb3_progress(total: int, desc: str) -> Any:
-    from stable_baselines3.common.callbacks import BaseCallback
-    from tqdm.auto import tqdm
+    from subset_rl.sb3 import ProgressBar
 
-    class TqdmCallback(BaseCallback):
-        """A tqdm bar over environment steps (SB3's own bar needs ``rich``)."""
-
-        def _on_training_start(self) -> None:
-            self.bar = tqdm(total=total, desc=desc, unit="step")
-
-        def _on_step(self) -> bool:
-            self.bar.update(self.training_env.num_envs)
-            return True
-
-        def _on_training_end(self) -> None:
-            self.bar.close()
-
-    return TqdmCallback()
+    return ProgressBar(total, desc)
 
 
 def _settings(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
@@ -698,6 +684,9 @@ def _train_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any]
             model = A2C(sb3.KSubsetActorCriticPolicy, vec_env, **kwargs)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err)) from None
+    except NotImplementedError as err:  # SB3 refuses the observation space (a Tuple, ...)
+        raise CLIError(f"{args.agent} cannot train on {env_id}: {err}; use a Dict observation "
+                       "space, or --agent sfess (any flattenable space)") from None
     model.subset_rl_run = {"agent": args.agent, "env_id": env_id, "env_kwargs": env_kwargs,
                            "seed": args.seed}
     freq = args.checkpoint_freq or max(1, settings["steps"] // 5)

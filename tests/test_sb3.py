@@ -393,8 +393,10 @@ def test_ppo_learns_best_subset(device: torch.device) -> None:
 # ------------------------------------------------------------------------------ helpers
 def test_ppo_kwargs_and_mask_layout() -> None:
     a, b = ppo_kwargs(), ppo_kwargs(n_steps=64)
-    assert a == {"learning_rate": 3e-4, "target_kl": 0.02}
-    assert b["n_steps"] == 64 and "n_steps" not in ppo_kwargs()
+    assert a == {"learning_rate": 3e-4, "target_kl": 0.02, "n_steps": 256}
+    assert b["n_steps"] == 64 and ppo_kwargs()["n_steps"] == 256
+    # a rollout of 8 envs is a few thousand steps, not SB3's 8 * 2048
+    assert 8 * a["n_steps"] <= 4096
     m = item_mask_to_multibinary([True, False, True])
     np.testing.assert_array_equal(m, [True, True, True, False, True, True])
     assert item_mask_to_multibinary(np.ones((4, 3), bool)).shape == (4, 6)
@@ -583,3 +585,73 @@ def test_trpo_save_load_round_trip(tmp_path: Path, device: torch.device) -> None
     loaded.set_env(ContextEnv(n=6, k=2, allowed=[0, 1, 2, 3, 5]))
     loaded.learn(64, callback=KHotGuard(), reset_num_timesteps=False)
     assert loaded.num_timesteps >= 128
+
+
+# ------------------------------------------------------------------ batched feature acquisition
+class _CountingClassifier:
+    """Wraps a fitted classifier and counts its predict_proba calls and rows."""
+
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
+        self.classes_ = classifier.classes_
+        self.calls = 0
+        self.rows = 0
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.rows += len(x)
+        return self.classifier.predict_proba(x)
+
+
+def test_subset_dummy_vec_env_batches_the_classifier_and_changes_nothing() -> None:
+    """One predict_proba call per vector step for 4 envs; rewards and infos as DummyVecEnv's."""
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from subset_rl.sb3 import SubsetDummyVecEnv
+
+    env_id = "subset_rl/FeatureAcquisition-v0"
+    base = gym.make(env_id).unwrapped.objective.classifier
+    runs = {}
+    for cls in (DummyVecEnv, SubsetDummyVecEnv):
+        counting = _CountingClassifier(base)
+        venv = make_subset_vec_env(env_id, n_envs=4, seed=0, vec_env_cls=cls,
+                                   env_kwargs={"classifier": counting})
+        n, k = venv.action_space.n, venv.action_space.k
+        rng = np.random.default_rng(0)
+        venv.reset()
+        counting.calls = counting.rows = 0
+        seen = []
+        for _ in range(5):
+            actions = np.zeros((4, n), np.float32)
+            for i in range(4):
+                actions[i, rng.choice(n, k, replace=False)] = 1
+            _, rewards, dones, infos = venv.step(actions)
+            seen.append((rewards.copy(), [i.get("is_success") for i in infos], dones.copy()))
+        runs[cls.__name__] = (seen, counting.calls, counting.rows)
+        venv.close()
+    before, after = runs["DummyVecEnv"], runs["SubsetDummyVecEnv"]
+    assert before[1] == 20 and after[1] == 5  # one call per env step vs one per vector step
+    assert after[2] == 20
+    for (r0, s0, d0), (r1, s1, d1) in zip(before[0], after[0], strict=True):
+        np.testing.assert_array_equal(r0, r1)
+        assert s0 == s1
+        np.testing.assert_array_equal(d0, d1)
+
+
+def test_prefetch_is_ignored_when_the_step_differs() -> None:
+    """A prefetched row that the step does not use leaves the step's prediction correct."""
+    from subset_rl.envs import FeatureAcquisitionEnv
+
+    env = gym.make("subset_rl/FeatureAcquisition-v0").unwrapped
+    other = gym.make("subset_rl/FeatureAcquisition-v0").unwrapped
+    assert isinstance(env, FeatureAcquisitionEnv)
+    env.reset(seed=1)
+    other.reset(seed=2)
+    n, k = env.n, env.k
+    a, b = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    a[:k], b[-k:] = 1, 1
+    assert FeatureAcquisitionEnv.prefetch_steps([(env, a), (other, a)]) == 2
+    env_ref = gym.make("subset_rl/FeatureAcquisition-v0").unwrapped
+    env_ref.reset(seed=1)
+    # a different action than the prefetched one: predicted as usual, same reward as a fresh env
+    assert env.step(b)[1] == env_ref.step(b)[1]
