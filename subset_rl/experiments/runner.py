@@ -10,7 +10,7 @@ Usage (``python -m subset_rl.experiments --help`` lists every option)::
         --eval-every 100 --seeds 0 --out examples/results/paper/cpu
 
     # every cell of the paper: 50,000 steps, 5 seeds, both data sets (a GPU job);
-    # --dry-run lists the 400 runs first
+    # --dry-run lists the 440 runs first
     python -m subset_rl.experiments paper --device cuda --out examples/results/paper/full
 
     # the paper's code as published (Gumbel top-k SFESS samples, ...), or both protocols
