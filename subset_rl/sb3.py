@@ -20,7 +20,7 @@ Example:
     >>> from subset_rl.envs import make_blackbox_env
     >>> from subset_rl.sb3 import KSubsetActorCriticPolicy, ppo_kwargs
     >>> env = make_blackbox_env(lambda z: float(z[:3].sum()), n=8, k=3)
-    >>> model = PPO(KSubsetActorCriticPolicy, env, n_steps=64, batch_size=32, **ppo_kwargs())
+    >>> model = PPO(KSubsetActorCriticPolicy, env, **ppo_kwargs(n_steps=64, batch_size=32))
     >>> action, _ = model.predict(np.zeros(1, np.float32), deterministic=True)
     >>> action.dtype, action.shape, int(action.sum())
     (dtype('float32'), (8,), 3)
@@ -915,7 +915,9 @@ def ppo_kwargs(**overrides: Any) -> dict[str, Any]:
     :data:`subset_rl.defaults.PPO_DEFAULTS`.
 
     Example:
-        ``PPO(KSubsetActorCriticPolicy, env, **ppo_kwargs(n_steps=256))``
+        ``PPO(KSubsetActorCriticPolicy, env, **ppo_kwargs(n_steps=64, batch_size=128))``;
+        pass ``n_steps`` (and any other key) *through* ``ppo_kwargs``, not next to it, since
+        the dict already holds it.
 
     Args:
         **overrides: Keys to set or replace.

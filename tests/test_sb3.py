@@ -377,13 +377,12 @@ def test_ppo_learns_best_subset(device: torch.device) -> None:
         model = PPO(
             KSubsetActorCriticPolicy,
             venv,
-            n_steps=16,
             batch_size=64,
             n_epochs=4,
             seed=seed,
             device=device,
             policy_kwargs={"entropy_grad": False},
-            **ppo_kwargs(),
+            **ppo_kwargs(n_steps=16),
         )
         model.learn(2048, callback=KHotGuard())
         action, _ = model.predict(np.zeros(1, np.float32), deterministic=True)
