@@ -15,7 +15,14 @@ as printed), then prints a table: the trained policy's deterministic reward on h
 contexts drawn from a fixed evaluation generator, the baselines of that env on the *same*
 contexts (uniformly random k-subsets for every env; QR pivoting for sensor placement; the k
 nearest candidates for k-NN voting; the highest-variance features for feature acquisition), and
-the wall time. It also saves a picture of what was selected (see :mod:`subset_rl.plots`).
+the wall time. It also saves a picture of what was selected (see :mod:`subset_rl.plots`). When
+the trained policy is no better than the random k-subsets (within two standard errors), a
+warning says so on stderr (PPO/A2C on k-NN voting: see :data:`subset_rl.defaults.SB3_DEFAULTS`).
+The defaults of every agent live in :mod:`subset_rl.defaults`, shared with the Python API.
+
+Envs with any observation space Gymnasium can flatten (``Box`` of any shape, ``Dict``,
+``Tuple``, ``Discrete``, ...) work with the native agents; ``ppo``/``a2c`` take what SB3 takes
+(``Tuple`` is refused with a one-line error).
 ``eval`` reloads a model (the env id is stored in it) and prints the same table.
 
 Any env with a :class:`~subset_rl.envs.KHot` action space works, including your own: pass
