@@ -20,7 +20,7 @@ two long benchmarks and a test run; ``--repeats 2``, one run)::
 
 On busy cores a second torch thread waits for a core at every parallel region of these small
 steps: 1 thread is 7-9x faster here (the issue's 3:29 vs 9.7 s for the README snippet is the same
-effect). Same rewards: the thread count changes the speed only.
+effect). The reward column is the median over both columns' runs (same seed and settings).
 """
 
 from __future__ import annotations
