@@ -104,6 +104,10 @@ class BaseAgent(abc.ABC):
     Args:
         env: a :class:`~subset_rl.envs.SubsetObjective`, a Gymnasium env (its batched objective
             is used when it has one, else seeded resets of the env itself), or a registered id.
+            The env's observation space may be any space Gymnasium can flatten (``Box`` of any
+            shape, ``Dict``, ``Tuple``, ``Discrete``, ``MultiDiscrete``, ``MultiBinary``): the
+            policy sees :func:`gymnasium.spaces.utils.flatten` of it (``obs_dim`` its size) and
+            :meth:`predict` takes the env's own observations.
         policy: ``"auto"`` (per-item scores for query + items observations such as k-NN
             voting, an MLP for other contextual objectives, free logits otherwise), ``"mlp"``,
             ``"free"``, ``"ip"`` (indirect parameterization), ``"pairwise"``, or an
