@@ -47,10 +47,11 @@ def flat_observation_space(space: gym.Space[Any]) -> gym.spaces.Box:
     """
     if not isinstance(space, gym.Space):
         raise TypeError(f"observation_space must be a gymnasium.Space, found {space!r}")
+    flat: gym.Space[Any] | None
     try:
         flat = gym.spaces.utils.flatten_space(space)
-    except (NotImplementedError, TypeError, ValueError) as err:
-        flat = err  # type: ignore[assignment]
+    except (NotImplementedError, TypeError, ValueError):
+        flat = None
     if not isinstance(flat, gym.spaces.Box) or len(flat.shape) != 1:
         raise TypeError(
             f"observation space {space} has no fixed-size flat form: the agents need a Box, "
