@@ -228,3 +228,24 @@ def test_dict_observation_example_runs_and_learns() -> None:
     assert len(results) == 2
     for name, value in results.items():
         assert value > random_score + 0.3, (name, value, random_score)
+
+
+def test_cli_tuple_observations_ppo_is_a_one_line_error_and_sfess_trains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SB3 cannot hold Tuple observations: exit 2 with one line; the native agent trains."""
+    from subset_rl import cli
+
+    env_id = "test_obs_spaces/Tuple-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=ContextEnv, kwargs={"kind": "tuple"})
+    code = cli.main(["train", env_id, "--agent", "ppo", "--steps", "64", "--quiet", "--no-plot",
+                     "--logdir", str(tmp_path / "ppo")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("subset-rl train: error:") and "Tuple" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    code = cli.main(["train", env_id, "--steps", "40", "--quiet", "--no-plot", "--lr", "0.01",
+                     "--eval-contexts", "64", "--logdir", str(tmp_path / "sfess")])
+    out = capsys.readouterr().out
+    assert code == 0 and "SFESS (trained)" in out
