@@ -49,7 +49,7 @@ def optimize(
     k: int,
     *,
     budget: int,
-    method: str = "sfess",
+    method: str = "hybrid",
     batched: bool = False,
     batch: int | None = None,
     samples: int | None = None,
@@ -86,12 +86,14 @@ def optimize(
         n: Number of items, ``>= 1``.
         k: Subset size, ``1 <= k <= n``.
         budget: Maximum number of distinct evaluations, ``>= 1``.
-        method: ``"sfess"`` (default), ``"random"``, ``"greedy"``, ``"annealing"``, ``"cem"`` or
+        method: ``"hybrid"`` (default: a k-subset distribution learned by CEM, then swap
+            polishing), ``"sfess"``, ``"random"``, ``"greedy"``, ``"annealing"``, ``"cem"`` or
             ``"qr"`` (needs ``options={"basis": ...}``); see :mod:`subset_rl.optimize.methods`.
         batched: Whether ``f`` scores whole batches of subsets.
         batch: Largest number of subsets per call of a batched ``f`` or per parallel task
             (default: a whole request, split evenly over the workers).
-        samples: Subsets per request: SFESS samples per gradient step (8), CEM population
+        samples: Subsets per request: hybrid swaps per request (8; its phase-1 population is
+            ``options["population"]``), SFESS samples per gradient step (8), CEM population
             (64), random-search request size (64), number of annealing chains (8). Ignored by
             greedy (one request per step) and QR.
         device: Torch device of the SFESS/CEM distributions and of batched inputs.

@@ -93,7 +93,8 @@ def add_optimize_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         "optimize",
         help="choose k of n items to maximize a black-box Python function",
         description="Search for the best k-subset of n items of a black-box objective under a "
-        "budget of distinct evaluations, with SFESS or a classical baseline.",
+        "budget of distinct evaluations, with the default hybrid search (a learned k-subset "
+        "distribution, then swap polishing), SFESS or a classical baseline.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,9 +104,9 @@ def add_optimize_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, required=True, help="maximum distinct evaluations")
     p.add_argument(
         "--method",
-        default="sfess",
+        default="hybrid",
         choices=sorted(METHODS),
-        help="search method (default: sfess)",
+        help="search method (default: hybrid)",
     )
     p.add_argument("--samples", type=int, default=None, help="subsets per request")
     p.add_argument("--batch", type=int, default=None, help="subsets per call/task")

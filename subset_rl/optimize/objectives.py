@@ -15,6 +15,15 @@ and are 0 on the empty set, so greedy forward selection is within ``1 - 1/e`` of
 * :class:`DOptimalDesign`: :math:`f(S) = \log\det(I_d + \sigma^{-2} X_S^\top X_S)` (Bayesian
   D-optimal design, the information gain of measuring the rows :math:`x_i, i\in S`).
 
+Families that are not submodular, for benchmarks where greedy carries no guarantee:
+
+* :class:`QuadraticObjective`: :math:`f(S) = \sum_{i\in S} c_i + \sum_{i<j \in S} Q_{ij}` with
+  mixed-sign :math:`Q` (a cardinality-constrained QUBO);
+* :class:`CoverageWithSynergies`: weighted coverage plus bonuses for chosen pairs;
+* :class:`DeceptiveTrap`: blocks that only pay when complete;
+* :class:`FeatureSelectionKNN`: 1-NN validation accuracy on the chosen features (digits);
+* :class:`NoisyObjective`: any of them observed with Gaussian noise, with the true value kept.
+
 :class:`SensorPlacementReward` turns the environments' sensor-placement objective into a
 deterministic black box (mean reward over the held-out snapshots), and :func:`brute_force`
 enumerates all subsets of small instances.
