@@ -32,10 +32,13 @@ def settings() -> dict[str, dict]:
     base = {k: rec[k] for k in ("num_samples", "batch_size", "lr", "max_grad_norm", "ent_coef")}
     base.setdefault("utility", "reward")
     out = {"cli": dict(rec)}
-    out["reward utility"] = {**base, "steps": rec["steps"], "utility": "reward"}
-    out["rank utility"] = {**base, "steps": rec["steps"], "utility": "rank"}
-    out["rank utility, no entropy"] = {**base, "steps": rec["steps"], "utility": "rank",
+    out["reward, 16 x 4"] = {**base, "steps": rec["steps"], "utility": "reward"}
+    out["rank, 16 x 4, no entropy"] = {**base, "steps": rec["steps"], "utility": "rank",
                                        "ent_coef": 0.0}
+    out["rank, 64 x 1, lr 0.05, no entropy"] = {
+        **base, "steps": 2500, "utility": "rank", "ent_coef": 0.0, "num_samples": 64,
+        "batch_size": 1, "lr": 0.05, "max_grad_norm": None,
+    }
     return out
 
 
