@@ -32,7 +32,7 @@ REDUCED: list[tuple[str, list[tuple[str, str]]]] = [
      [("model.learn(20_000", "model.learn(2_048")]),
     ("from sb3_contrib import TRPO", [("model.learn(2048", "model.learn(256"),
                                       ("print(np.flatnonzero(action))", "")]),
-    ('method="sfess")', [("budget=2000", "budget=100")]),
+    ("subset_rl.optimize(f,", [("budget=2000", "budget=100")]),
     ("ProcessPool(8)", [("ProcessPool(8)", "ProcessPool(2)"), ("budget=2000", "budget=40")]),
 ]
 
