@@ -210,7 +210,10 @@ def summarize(records: list[dict[str, Any]], out: Path) -> None:
            "mean_evaluations,mean_seconds"]
     verdicts = []
     for (fam, size, budget), by in sorted(cells.items(), key=lambda t: (t[0][0], t[0][1], t[0][2])):
-        seeds = sorted({r["seed"] for rs in by.values() for r in rs})
+        # compare on the seeds (instances) every method of the cell ran
+        common = set.intersection(*({r["seed"] for r in rs} for rs in by.values()))
+        by = {m: [r for r in rs if r["seed"] in common] for m, rs in by.items()}
+        seeds = sorted(common)
         # best value of the cell per seed, over every method that returned a k-subset
         best = {s: max((r["value"] for rs in by.values() for r in rs
                         if r["seed"] == s and r["value"] is not None), default=None)
@@ -342,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/bench_search"))
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--large-seeds", type=int, default=None,
+                   help="seeds for the sizes above n=150 (default: --seeds)")
     p.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--families", nargs="+", default=None)
@@ -359,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if args.sizes and inst.size not in args.sizes:
             continue
-        for seed in range(args.seeds):
+        seeds = args.seeds if args.large_seeds is None or inst.n <= 150 else args.large_seeds
+        for seed in range(seeds):
             if math.comb(inst.n, inst.k) <= BRUTE_FORCE_MAX and \
                     ("optimum", inst.family, inst.size, seed) not in done:
                 todo.append((optimum, (inst, seed)))

@@ -212,3 +212,11 @@ def test_noisy_objective_keeps_the_truth():
     assert draws.std() == pytest.approx(2.0, rel=0.05)
     with pytest.raises(ValueError, match="noise_std: expected a number >= 0"):
         NoisyObjective(true, -1.0)
+
+
+@pytest.mark.parametrize(("n", "k"), [(8, 3), (10, 5), (6, 3)])
+def test_flat_objective_one_below_the_support_uses_the_whole_budget(n, k):
+    """Plateaus and a nearly exhausted space: the search still ends, with the budget spent."""
+    budget = math.comb(n, k) - 1
+    res = optimize(lambda z: 1.0, n, k, budget=budget, seed=0, progress=False)
+    assert res.n_evaluations == budget

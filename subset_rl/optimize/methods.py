@@ -553,7 +553,11 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
     # additive model of a swap's gain, gain(o -> i) ~ gain_in[i] + gain_out[o], fitted online
     learn = bool(run.options.get("learn_swaps", True))
     gain_in, gain_out, scale = np.zeros(n), np.zeros(n), 0.0
+    idle = 0  # iterations without a request (everything they looked at was cached)
     while not ev.done:
+        if idle > 10 * k * (n - k) + 100:  # nearly everything reachable was seen: random draws
+            ev.evaluate(_uniform_subsets(rng, n, k, m))  # (cached ones count toward the stall)
+            continue
         ins, outs = np.flatnonzero(~current), np.flatnonzero(current)
         prio = s[ins][None, :] - s[outs][:, None]
         if learn and scale > 0:
@@ -602,6 +606,7 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
         rows[np.arange(take), o_idx] = 0
         rows[np.arange(take), i_idx] = 1
         tried[o_idx, i_idx] = True
+        idle = 0 if fresh else idle + 1
         if fresh:
             req = ev.evaluate(rows)
             vals = np.where(req.evaluated & ~req.failed, req.values, -np.inf)
