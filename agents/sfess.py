@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
+from subset_rl import defaults as _defaults
 from subset_rl.estimators import rank_utilities, sfess_surrogate
 
 from .base import BaseAgent
@@ -30,13 +31,16 @@ class SFESS(BaseAgent):
 
     Args:
         env: objective, env or env id (see :class:`~subset_rl.agents.base.BaseAgent`).
-        num_samples: ``N`` samples per context (``>= 2`` with the leave-one-out baseline).
+        num_samples: ``N`` samples per context (``>= 2`` with the leave-one-out baseline);
+            ``None``: the shared default for the env (:func:`subset_rl.defaults.native_settings`,
+            what ``subset-rl train`` uses). ``ent_coef`` and ``utility`` default the same way.
         baseline: ``"loo"`` (default) or ``"none"`` (plain SFESS).
         sampler: ``"exact"`` (default) or ``"gumbel"`` (biased; for comparison only).
-        ent_coef: weight of an entropy bonus (0 by default).
-        utility: ``"reward"`` (default): the rewards themselves, the unbiased SFESS(+VR)
-            estimate of :math:`\nabla E[f]`. ``"rank"``: fitness shaping as in NES/CMA-ES (Wierstra
-            et al., 2014): per context, the ``N`` rewards are replaced by centred rank weights
+        ent_coef: weight of an entropy bonus (0 unless the env's defaults say otherwise).
+        utility: ``"reward"`` (the default except on SensorPlacement-v0): the rewards
+            themselves, the unbiased SFESS(+VR) estimate of :math:`\nabla E[f]`. ``"rank"``:
+            fitness shaping as in NES/CMA-ES (Wierstra et al., 2014): per context, the ``N``
+            rewards are replaced by centred rank weights
             :math:`u_r = \max(0, \log(N/2 + 1) - \log r) / \sum - 1/N` (ties share their
             weight). The update then ignores the rewards' scale and outliers (a sensor placement
             with a relative error in the hundreds weighs no more than any other worst sample);
@@ -53,13 +57,17 @@ class SFESS(BaseAgent):
         self,
         env: Any,
         *,
-        num_samples: int = 32,
+        num_samples: int | None = None,
         baseline: str = "loo",
         sampler: str = "exact",
-        ent_coef: float = 0.0,
-        utility: str = "reward",
+        ent_coef: float | None = None,
+        utility: str | None = None,
         **kwargs: Any,
     ) -> None:
+        preset = _defaults.native_settings(env if isinstance(env, str) else None, "sfess")
+        num_samples = preset["num_samples"] if num_samples is None else num_samples
+        ent_coef = preset["ent_coef"] if ent_coef is None else ent_coef
+        utility = preset["utility"] if utility is None else utility
         if utility not in ("reward", "rank"):
             raise ValueError(f"utility must be 'reward' or 'rank', found {utility!r}")
         if baseline not in ("loo", "none"):

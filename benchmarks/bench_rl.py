@@ -165,7 +165,7 @@ def ppo_configs(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     models = {}
     for name, policy, policy_kwargs, options in specs:
         env = make_subset_vec_env(ENV_ID, n_envs=args.n_envs, seed=0, env_kwargs=env_kwargs)
-        models[name] = PPO(policy, env, policy_kwargs=policy_kwargs, **options, **common)
+        models[name] = PPO(policy, env, policy_kwargs=policy_kwargs, **{**options, **common})
     return models
 
 

@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gradient clipping of the native agents")
     train.add_argument("--ent-coef", type=_nonnegative_float, default=None,
                        help="entropy bonus (sfess, ppo, a2c)")
+    train.add_argument("--utility", choices=("reward", "rank"), default=None,
+                       help="sfess: rewards as they are (unbiased) or NES rank utilities "
+                       "(default: per env; rank on SensorPlacement-v0)")
     train.add_argument("--n-envs", type=_positive_int, default=None,
                        help=f"ppo/a2c: parallel envs (default {SB3_DEFAULTS['n_envs']})")
     train.add_argument("--env-kwargs", type=_json_object, default=None, metavar="JSON",
@@ -623,8 +626,10 @@ def _settings(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
             raise CLIError(f"--n-envs applies to ppo and a2c, not to {args.agent}")
         if args.ent_coef is not None and args.agent != "sfess":
             raise CLIError(f"--ent-coef applies to sfess, ppo and a2c, not to {args.agent}")
+    if args.utility is not None and args.agent != "sfess":
+        raise CLIError(f"--utility applies to sfess, not to {args.agent}")
     for name in ("steps", "num_samples", "batch_size", "lr", "max_grad_norm", "ent_coef",
-                 "n_envs"):
+                 "n_envs", "utility"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
@@ -651,7 +656,8 @@ def _train_native(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, A
     }
     try:
         if args.agent == "sfess":
-            agent = SFESS(env_id, ent_coef=settings["ent_coef"], **common)
+            agent = SFESS(env_id, ent_coef=settings["ent_coef"], utility=settings["utility"],
+                          **common)
         else:
             agent = Pathwise(env_id, estimator=args.agent, **common)
     except (ValueError, TypeError) as err:

@@ -48,8 +48,8 @@ def test_ppo_with_k_hot_policy_reaches_the_hidden_set(seed):
     from subset_rl.sb3 import KSubsetActorCriticPolicy, ppo_kwargs
 
     env = DummyVecEnv([lambda: make_blackbox_env(overlap, N, K)] * 8)
-    model = PPO(KSubsetActorCriticPolicy, env, n_steps=256, batch_size=256, seed=seed,
-                **ppo_kwargs(learning_rate=3e-3))
+    model = PPO(KSubsetActorCriticPolicy, env, seed=seed,
+                **ppo_kwargs(n_steps=256, batch_size=256, learning_rate=3e-3))
     model.learn(8192)
     action, _ = model.predict(np.zeros((1,), np.float32), deterministic=True)
     assert action.sum() == K

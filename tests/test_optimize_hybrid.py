@@ -154,7 +154,8 @@ def test_rank_utilities_are_the_nes_weights():
     assert torch.allclose(rank_utilities(values.exp() * 3 - 1), expect)
     batch = torch.stack([values, -values], 1)
     u = rank_utilities(batch)
-    assert torch.allclose(u[:, 0], expect) and torch.allclose(u.sum(0), torch.zeros(2, dtype=u.dtype))
+    assert torch.allclose(u[:, 0], expect)
+    assert torch.allclose(u.sum(0), torch.zeros(2, dtype=u.dtype))
 
 
 def test_rank_utilities_ties_and_nan():

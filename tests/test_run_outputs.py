@@ -58,7 +58,7 @@ def test_experiments_paper_dry_run_needs_no_cuda(tmp_path, monkeypatch, capsys) 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine
     assert experiments_main(["paper", "--device", "cuda", "--dry-run"]) == 0
     out, err = capsys.readouterr()
-    assert "400 runs in all on cuda" in out
+    assert "440 runs in all on cuda" in out
     assert "cuda is not available on this machine" in err
 
 

@@ -62,7 +62,7 @@ def train_sb3(algo: type, folder: Path, steps: int = 96) -> tuple[Any, RewardRec
                                env_kwargs={"f": weighted_sum, "n": N, "k": K})
     options: dict[str, Any] = {"n_steps": 16, "seed": 0, "tensorboard_log": str(folder)}
     if algo is PPO:
-        options.update(ppo_kwargs(batch_size=16))
+        options.update(ppo_kwargs(batch_size=16, n_steps=16))
     model = algo(KSubsetActorCriticPolicy, venv, **options)
     recorder = RewardRecorder()
     model.learn(steps, callback=[recorder, SubsetMetricsCallback()], log_interval=1)
