@@ -208,11 +208,13 @@ def summarize(records: list[dict[str, Any]], out: Path) -> None:
     ]
     csv = ["family,size,budget,method,seeds,mean_value,mean_ratio_to_best,mean_ratio_to_optimum,"
            "mean_evaluations,mean_seconds"]
-    verdicts = []
+    verdicts: list[float] = []
+    below: list[tuple[str, float]] = []
     for (fam, size, budget), by in sorted(cells.items(), key=lambda t: (t[0][0], t[0][1], t[0][2])):
-        # compare on the seeds (instances) every method of the cell ran
-        common = set.intersection(*({r["seed"] for r in rs} for rs in by.values()))
-        by = {m: [r for r in rs if r["seed"] in common] for m, rs in by.items()}
+        # compare on the seeds (instances) every method of the table ran in this cell
+        common = set.intersection(*({r["seed"] for r in rs} for m, rs in by.items()
+                                    if m in METHODS))
+        by = {m: [r for r in rs if r["seed"] in common] for m, rs in by.items() if m in METHODS}
         seeds = sorted(common)
         # best value of the cell per seed, over every method that returned a k-subset
         best = {s: max((r["value"] for rs in by.values() for r in rs
@@ -252,12 +254,16 @@ def summarize(records: list[dict[str, Any]], out: Path) -> None:
         lines.append(f"| {fam} | {size} | {budget} | " + " | ".join(cells_txt) +
                      f" | {vs:.3f} | " + (f"{np.mean(hopt):.3f}" if hopt else "—") + " |")
         verdicts.append(vs)
+        if not math.isnan(vs) and vs < 0.99:
+            below.append((f"{fam} {size} budget {budget}", vs))
     ok = [v for v in verdicts if not math.isnan(v)]
     head = [
         f"# k-subset search benchmark ({len(runs)} runs)",
         "",
-        f"Made with `python benchmarks/bench_search.py --out {out}` "
-        f"(torch threads 1; {platform.python_version()}, {os.cpu_count()} CPUs).",
+        f"Made with `python benchmarks/bench_search.py --out {out}` and the options recorded "
+        f"in benchmarks/README.md (torch threads 1; Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs). Sizes above n = 150 ran seeds 0-2 for the baselines, so "
+        "each cell compares the seeds every method ran.",
         "Mean over seeds (instances) of the best value (noisy: true value of the returned "
         "subset). '—': the method returned no k-subset (greedy needs n + (n-1) + ... + (n-k+1) "
         "evaluations). Bold: the best mean. 'hybrid / best baseline': the default method's mean "
@@ -265,7 +271,8 @@ def summarize(records: list[dict[str, Any]], out: Path) -> None:
         "difference / |best|).",
         "",
         f"Default method >= 0.99 x best baseline in {sum(v >= 0.99 for v in ok)} of {len(ok)} "
-        f"cells; worst {min(ok):.3f}." if ok else "",
+        f"cells; below: " + (", ".join(f"{c} ({v:.4f})" for c, v in below) or "none") + "."
+        if ok else "",
         "",
     ]
     variant_lines = []
@@ -273,6 +280,8 @@ def summarize(records: list[dict[str, Any]], out: Path) -> None:
     for (fam, size, budget), by in sorted(cells.items(), key=lambda t: (t[0][0], t[0][1], t[0][2])):
         if not any(v in by for v in VARIANTS):
             continue
+        common = set.intersection(*({r["seed"] for r in by[m]} for m in cols if m in by))
+        by = {m: [r for r in rs if r["seed"] in common] for m, rs in by.items()}
         means = []
         for meth in cols:
             vals = [r["value"] for r in by.get(meth, [])]
@@ -282,7 +291,8 @@ def summarize(records: list[dict[str, Any]], out: Path) -> None:
     if variant_lines:
         variant_lines = [
             "",
-            "## Phase-1 updates of the default method (mean over seeds, seeds in brackets)",
+            "## Phase-1 updates of the default method (mean over the seeds all three ran, "
+            "their number in brackets)",
             "",
             "| family | size | budget | " + " | ".join(cols) + " |",
             "|---" * (len(cols) + 3) + "|",
@@ -327,7 +337,9 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
                 t = tops.get(r["seed"])
                 ys.append([np.nan if c is None or not t else
                            (c / t if t > 0 else 1 + (c - t) / abs(t)) for c in r["curve"]])
-            ax.plot(xs, np.nanmean(np.array(ys, dtype=float), 0), label=meth)
+            with warnings.catch_warnings():  # points before a method's first k-subset
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ax.plot(xs, np.nanmean(np.array(ys, dtype=float), 0), label=meth)
         ax.set_xscale("log")
         ax.set_title(f"{fam} {size}", fontsize=9)
         ax.set_xlabel("evaluations", fontsize=8)
