@@ -341,6 +341,8 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 ax.plot(xs, np.nanmean(np.array(ys, dtype=float), 0), label=meth)
         ax.set_xscale("log")
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0.0), high)  # negative objectives: early values fall far below
         ax.set_title(f"{fam} {size}", fontsize=9)
         ax.set_xlabel("evaluations", fontsize=8)
     for ax in axes.flat[len(groups):]:
