@@ -1,7 +1,8 @@
 r"""Compare black-box subset optimizers: best value found vs number of evaluations.
 
-Every method of :func:`subset_rl.optimize.optimize` (SFESS, cross-entropy method, simulated
-annealing, random search, greedy forward selection, and QR pivoting where a basis exists) runs
+Every method of :func:`subset_rl.optimize.optimize` (the default hybrid search, SFESS,
+cross-entropy method, simulated annealing, random search, greedy forward selection, and QR
+pivoting where a basis exists) runs
 under the same budget of distinct evaluations on four problems:
 
 * ``sensor``: sensor placement from :mod:`subset_rl.envs` (value: minus the mean relative
@@ -52,7 +53,7 @@ from subset_rl.optimize import (
     optimize,
 )
 
-METHODS = ("sfess", "cem", "annealing", "random", "greedy", "qr")
+METHODS = ("hybrid", "sfess", "cem", "annealing", "random", "greedy", "qr")
 DETERMINISTIC = ("greedy", "qr")
 CHECKPOINTS = (0.1, 0.25, 0.5, 1.0)  # fractions of the budget reported in the table
 DEFAULT_OUT = Path("runs/optimize")  # git-ignored: a run never rewrites the committed results
