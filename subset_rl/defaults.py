@@ -49,11 +49,10 @@ NATIVE_DEFAULTS: dict[str, Any] = {
 RECOMMENDED: dict[str, dict[str, Any]] = {
     # A free logit vector over the 256 cells; heavy-tailed rewards (a badly conditioned
     # placement has a relative error in the hundreds): NES rank utilities per snapshot, 64
-    # placements ranked on one snapshot per step. benchmarks/bench_agent_sensor.py, 3 seeds:
-    # mean held-out reward -0.0818 against -0.1221 for the former 16 x 4 reward setting
-    # (clipping 1.0, entropy 0.01); QR pivoting -0.0814.
+    # placements ranked on each of 2 snapshots per step. Measured with
+    # benchmarks/bench_agent_sensor.py (table in benchmarks/README.md).
     "subset_rl/SensorPlacement-v0": {
-        "steps": 2500, "num_samples": 64, "batch_size": 1, "lr": 0.05,
+        "steps": 2500, "num_samples": 64, "batch_size": 2, "lr": 0.05,
         "max_grad_norm": None, "ent_coef": 0.0, "utility": "rank",
     },
     # An MLP on the query and its candidates.

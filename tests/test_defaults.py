@@ -35,7 +35,7 @@ def test_cli_and_api_read_the_same_defaults(env_id: str) -> None:
 def test_sensor_placement_defaults_are_the_tuned_ones() -> None:
     """The measured setting (benchmarks/bench_agent_sensor.py), the same in the API and CLI."""
     agent = SFESS(SENSORS, device="cpu")
-    assert (agent.batch_size, agent.learning_rate, agent.max_grad_norm) == (1, 0.05, math.inf)
+    assert (agent.batch_size, agent.learning_rate, agent.max_grad_norm) == (2, 0.05, math.inf)
     assert (agent.num_samples, agent.ent_coef, agent.utility) == (64, 0.0, "rank")
     other = SFESS(BlackBoxObjective(lambda z: float(z[0]), n=5, k=2), device="cpu")
     assert (other.num_samples, other.ent_coef, other.utility) == (16, 0.0, "reward")
