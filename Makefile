@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml constraints.txt
 ifneq ($(TORCH_INDEX),)
 	$(BIN)/python -m pip install --progress-bar on $(TORCH) --index-url $(TORCH_INDEX)
 endif
-	$(BIN)/python -m pip install --progress-bar on -c constraints.txt $(TORCH) -e '.[dev,ray]'
+	$(BIN)/python -m pip install --progress-bar on -c constraints.txt $(TORCH) -e '.[dev,ray,zoo]'
 	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 	@echo "installed into $(VENV) (Python $(VENV_PY)); run its commands as $(BIN)/subset-rl," \
