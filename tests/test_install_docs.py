@@ -109,7 +109,8 @@ def test_no_install_of_the_unpublished_package(doc: Path) -> None:
 def test_readme_says_what_make_installs_and_how_to_pick_the_torch_build() -> None:
     readme = (ROOT / "README.md").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install --progress-bar on -c constraints.txt $(TORCH) -e '.[dev,ray,zoo]'" in makefile
+    install = "pip install --progress-bar on -c constraints.txt $(TORCH) -e '.[dev,ray,zoo]'"
+    assert install in makefile
     assert "-c constraints.txt torch==2.13.0 -e '.[dev,ray,zoo]'" in readme
     assert "--index-url https://download.pytorch.org/whl/cpu" in readme
     assert "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in readme
@@ -162,8 +163,8 @@ def test_make_py_recreates_a_venv_of_another_version(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert (venv / ".installed-python3.98").exists()
     assert "installing torch==2.13.0" in first.stdout  # the progress line of the first install
-    assert "3.98 -m pip install --progress-bar on -c constraints.txt torch==2.13.0 -e .[dev,ray,zoo]" \
-        in log.read_text()
+    install = "-m pip install --progress-bar on -c constraints.txt torch==2.13.0 -e .[dev,ray,zoo]"
+    assert "3.98 " + install in log.read_text()
 
     again = make("install", f"PY={old}", f"VENV={venv}")  # same version: nothing to do
     assert again.returncode == 0 and "recreating" not in again.stdout
