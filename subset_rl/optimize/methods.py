@@ -550,7 +550,10 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
     current[list(ev.best_key)] = True
     f_cur = ev.best
     anchor, f_anchor = current.copy(), f_cur
-    tried = np.zeros((n, n), dtype=bool)  # tried[out, in] for the current subset
+    # swaps (out, in) tried from the current subset; O(tried) memory, not O(n^2)
+    tried_o: list[int] = []
+    tried_i: list[int] = []
+    pos = np.zeros(n, dtype=np.int64)  # row of an item in outs, column of an item in ins
     kicks, strength = 0, 2
     # additive model of a swap's gain, gain(o -> i) ~ gain_in[i] + gain_out[o], fitted online
     learn = bool(run.options.get("learn_swaps", True))
@@ -565,7 +568,9 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
         if learn and scale > 0:
             prio = prio + (gain_in[ins][None, :] + gain_out[outs][:, None]) / scale
         prio = prio + rng.gumbel(size=prio.shape)
-        prio[tried[np.ix_(outs, ins)]] = -np.inf
+        if tried_o:
+            pos[outs], pos[ins] = np.arange(len(outs)), np.arange(len(ins))
+            prio[pos[np.array(tried_o)], pos[np.array(tried_i)]] = -np.inf
         open_ = int(np.isfinite(prio).sum())
         if open_ == 0:  # local optimum: kick (variable neighbourhood: larger after failures)
             if f_cur > f_anchor:
@@ -585,7 +590,7 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
                     break
                 hit = req.values[0]
             f_cur = -np.inf if math.isnan(hit) else hit
-            tried[:] = False
+            tried_o, tried_i = [], []
             continue
         # the best-ranked untried swaps, skipping (but using) those already in the cache
         order = np.argsort(-prio.ravel(), kind="stable")[:open_]
@@ -607,7 +612,8 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
         rows = np.repeat(current[None], take, 0).astype(np.int8)
         rows[np.arange(take), o_idx] = 0
         rows[np.arange(take), i_idx] = 1
-        tried[o_idx, i_idx] = True
+        tried_o += o_list
+        tried_i += i_list
         idle = 0 if fresh else idle + 1
         if fresh:
             req = ev.evaluate(rows)
@@ -650,7 +656,7 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
         gain_out[moved_in], gain_in[moved_out] = -gain_in[moved_in], -gain_out[moved_out]
         current = best_row.astype(bool)
         f_cur = best_val
-        tried[:] = False
+        tried_o, tried_i = [], []
     if kicks:
         run.notes.append(f"swap search: {kicks} local optima left by random kicks")
 
