@@ -57,6 +57,7 @@ import torch
 
 from ..distribution import KSubsetPolicy
 from ..estimators import rank_utilities, sfess_surrogate
+from ..poisson_binomial import log_normalizer
 from ..poisson_binomial import marginals as cp_marginals
 from .evaluation import Evaluator
 
@@ -244,6 +245,46 @@ def fit_logits(
 _CEM_PATIENCE = 5
 
 
+def _check_cem_options(elite_frac: float, smoothing: float, min_prob: float) -> None:
+    """The CEM options' ranges (shared by ``cem`` and the hybrid's phase 1)."""
+    if not 0 < elite_frac <= 1:
+        raise ValueError(f"options['elite_frac']: expected a value in (0, 1], found {elite_frac}")
+    if not 0 < smoothing <= 1:
+        raise ValueError(f"options['smoothing']: expected a value in (0, 1], found {smoothing}")
+    if not 0 < min_prob < 0.5:
+        raise ValueError(f"options['min_prob']: expected a value in (0, 0.5), found {min_prob}")
+
+
+def _cem_update(
+    dist: KSubsetPolicy,
+    z: torch.Tensor,
+    values: np.ndarray,
+    k: int,
+    elite_frac: float,
+    smoothing: float,
+    min_prob: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CEM step: logits whose marginals move toward the elite frequencies.
+
+    The best ``ceil(elite_frac * len(values))`` rows of ``z`` (NaN values never) give the elite
+    frequencies ``q``; the new marginals ``(1 - smoothing) pi + smoothing q``, clipped to
+    ``[min_prob, 1 - min_prob]``, are matched by :func:`fit_logits` (3 steps from the current
+    logits). Needs at least one finite value.
+
+    Returns:
+        The new logits and ``q``.
+    """
+    ok = ~np.isnan(values)
+    n_elite = max(1, math.ceil(elite_frac * len(values)))
+    order = np.argsort(-np.where(ok, values, -np.inf), kind="stable")
+    elite = order[: min(n_elite, int(ok.sum()))]
+    q = z[torch.as_tensor(elite, device=z.device)].mean(0)
+    target = ((1 - smoothing) * dist.marginals.detach() + smoothing * q).clamp(
+        min_prob, 1 - min_prob
+    )
+    return fit_logits(target, k, init=dist.logits.detach(), iterations=3), q
+
+
 def run_cem(run: Run) -> np.ndarray:
     """Cross-entropy method over k-subsets with a :class:`~subset_rl.KSubsetPolicy`.
 
@@ -258,13 +299,7 @@ def run_cem(run: Run) -> np.ndarray:
     """
     ev, k, opts = run.ev, run.k, run.options
     elite_frac, smoothing, min_prob = opts["elite_frac"], opts["smoothing"], opts["min_prob"]
-    if not 0 < elite_frac <= 1:
-        raise ValueError(f"options['elite_frac']: expected a value in (0, 1], found {elite_frac}")
-    if not 0 < smoothing <= 1:
-        raise ValueError(f"options['smoothing']: expected a value in (0, 1], found {smoothing}")
-    if not 0 < min_prob < 0.5:
-        raise ValueError(f"options['min_prob']: expected a value in (0, 0.5), found {min_prob}")
-    n_elite = max(1, math.ceil(elite_frac * run.samples))
+    _check_cem_options(elite_frac, smoothing, min_prob)
     logits = torch.zeros(run.n, dtype=run.dtype, device=run.device)
     streak = 0
     while not ev.done:
@@ -273,16 +308,9 @@ def run_cem(run: Run) -> np.ndarray:
         req = ev.evaluate(z)
         if not req.complete:
             break
-        ok = ~np.isnan(req.values)
-        if not ok.any():
+        if np.isnan(req.values).all():
             continue
-        order = np.argsort(-np.where(ok, req.values, -np.inf), kind="stable")
-        elite = order[: min(n_elite, int(ok.sum()))]
-        q = z[torch.as_tensor(elite, device=z.device)].mean(0)
-        target = ((1 - smoothing) * dist.marginals.detach() + smoothing * q).clamp(
-            min_prob, 1 - min_prob
-        )
-        logits = fit_logits(target, k, init=logits, iterations=3)
+        logits, q = _cem_update(dist, z, req.values, k, elite_frac, smoothing, min_prob)
         streak = streak + 1 if bool((q == dist.mode).all()) else 0
         if streak >= _CEM_PATIENCE:
             ev.stop(
@@ -346,8 +374,6 @@ def fisher_vector_product(logits: torch.Tensor, k: int, v: torch.Tensor) -> torc
     Hessian-vector product: the gradient of :math:`\pi(l) \cdot v` by double backward through
     the exact normalizer. ``F 1 = 0`` (the size is fixed).
     """
-    from ..poisson_binomial import log_normalizer
-
     with torch.enable_grad():
         x = logits.detach().requires_grad_(True)
         (pi,) = torch.autograd.grad(log_normalizer(x, k), x, create_graph=True)
@@ -386,6 +412,10 @@ def natural_direction(
         p = r + (rr_new / rr) * p
         rr = rr_new
     return d
+
+
+#: Marginals of the hybrid's CEM phase stay in [1e-3, 1 - 1e-3] (``cem``'s default min_prob).
+_HYBRID_MIN_PROB = 1e-3
 
 
 def run_hybrid(run: Run) -> np.ndarray:
@@ -441,10 +471,7 @@ def run_hybrid(run: Run) -> np.ndarray:
     if isinstance(population, bool) or not isinstance(population, int) or population < 2:
         raise ValueError(f"options['population']: expected an int >= 2, found {population!r}")
     elite_frac, smoothing = opts["elite_frac"], opts["smoothing"]
-    if not 0 < elite_frac <= 1:
-        raise ValueError(f"options['elite_frac']: expected a value in (0, 1], found {elite_frac}")
-    if not 0 < smoothing <= 1:
-        raise ValueError(f"options['smoothing']: expected a value in (0, 1], found {smoothing}")
+    _check_cem_options(elite_frac, smoothing, _HYBRID_MIN_PROB)
     if step != "cem" and m < 2:
         raise ValueError(
             f"samples: the hybrid method's {step!r} step ranks the samples of a request and "
@@ -471,14 +498,7 @@ def run_hybrid(run: Run) -> np.ndarray:
         if np.isnan(values).all():
             continue
         if step == "cem":
-            n_elite = max(1, math.ceil(elite_frac * len(values)))
-            order = np.argsort(-np.where(np.isnan(values), -np.inf, values), kind="stable")
-            elite = order[: min(n_elite, int((~np.isnan(values)).sum()))]
-            q = z[torch.as_tensor(elite, device=z.device)].mean(0)
-            target = ((1 - smoothing) * dist.marginals.detach() + smoothing * q).clamp(
-                1e-3, 1 - 1e-3
-            )
-            logits = fit_logits(target, k, init=logits, iterations=3)
+            logits = _cem_update(dist, z, values, k, elite_frac, smoothing, _HYBRID_MIN_PROB)[0]
             continue
         u = torch.as_tensor(_rank_utilities(values), dtype=run.dtype, device=run.device)
         g = (u[:, None] * (z - dist.marginals.detach())).sum(0) / len(values)
@@ -542,7 +562,7 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
     spread = float(scores.std())
     s = scores / spread if spread > 0 else np.zeros(n)
     if ev.best_key is None:
-        req = ev.evaluate(_uniform_subsets(rng, n, k, 1))
+        ev.evaluate(_uniform_subsets(rng, n, k, 1))
     if ev.best_key is None:
         ev.stop("no subset could be evaluated")
         return
@@ -556,7 +576,7 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
     pos = np.zeros(n, dtype=np.int64)  # row of an item in outs, column of an item in ins
     kicks, strength = 0, 2
     # additive model of a swap's gain, gain(o -> i) ~ gain_in[i] + gain_out[o], fitted online
-    learn = bool(run.options.get("learn_swaps", True))
+    learn = bool(run.options["learn_swaps"])
     gain_in, gain_out, scale = np.zeros(n), np.zeros(n), 0.0
     idle = 0  # iterations without a request (everything they looked at was cached)
     while not ev.done:
@@ -623,10 +643,9 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
         with np.errstate(invalid="ignore"):  # -inf - -inf: a failed swap from a failed subset
             gain = vals - f_cur
         fin = np.isfinite(gain)
-        if fin.any():
-            scale = 0.9 * scale + 0.1 * float(np.abs(gain[fin]).mean()) if scale else float(
-                np.abs(gain[fin]).mean()
-            )
+        if fin.any():  # running mean of |gain|: the unit of the model's scores
+            size = float(np.abs(gain[fin]).mean())
+            scale = 0.9 * scale + 0.1 * size if scale else size
             for o, i, d in zip(o_idx[fin], i_idx[fin], gain[fin], strict=True):
                 r = d - gain_in[i] - gain_out[o]
                 gain_in[i] += 0.5 * r
