@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +39,9 @@ from subset_rl.envs import SubsetObjective
 
 from .gym_objective import GymEnvObjective, flatten_observations
 from .policies import FreeLogits, IPLogits, MLPLogits, PairwiseLogits, build_policy
+
+if TYPE_CHECKING:
+    from subset_rl.optimize import OptimizeResult
 
 __all__ = ["BaseAgent", "resolve_device", "resolve_objective"]
 
@@ -158,6 +161,7 @@ class BaseAgent(abc.ABC):
         env_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         torch_threads: int | None = _defaults.TORCH_THREADS,
+        polish_budget: int | None = None,
     ) -> None:
         self.env_id = env if isinstance(env, str) else None
         self.env_kwargs = dict(env_kwargs or {})
@@ -169,6 +173,9 @@ class BaseAgent(abc.ABC):
             batch_size = preset["batch_size"]
         if learning_rate is None:
             learning_rate = preset["lr"]
+        if polish_budget is None:
+            polish_budget = preset["polish"]
+        self.polish_budget = _positive_int("polish_budget", polish_budget, minimum=0)
         if isinstance(max_grad_norm, str):
             if max_grad_norm != "auto":
                 raise ValueError(
@@ -249,6 +256,7 @@ class BaseAgent(abc.ABC):
             "max_grad_norm": self.max_grad_norm,
             "seed": -1 if self.seed is None else self.seed,
             "device": str(self.device),
+            "polish_budget": self.polish_budget,
         }
 
     # ------------------------------------------------------------------ the policy
@@ -577,6 +585,107 @@ class BaseAgent(abc.ABC):
         self.logger.dump(step=self.num_timesteps)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ evaluation
+    def polish(
+        self, budget: int | None = None, num_contexts: int = 128, progress: bool = False
+    ) -> OptimizeResult:
+        r"""Improve the policy's mode by swap moves scored on fixed training contexts.
+
+        Policy-gradient training ends in a concentrated distribution whose mode can still be
+        improved by exchanging one chosen item for another: sampling rarely proposes removing
+        an item whose marginal is near 1, and single noisy rewards can hardly tell two close
+        subsets apart. This runs :func:`subset_rl.optimize.optimize`'s swap search (the
+        ``hybrid`` method with ``explore=0``) from the mode, on the objective averaged over
+        ``num_contexts`` contexts drawn once from the training generator (common random
+        numbers: every candidate is scored on the same contexts, never on evaluation ones),
+        with swaps ranked by the learned logits:
+
+        .. math::
+
+            \max_{|S| = k}\ \frac{1}{C}\sum_{c=1}^{C} f(S, x_c), \quad
+            S_0 = \operatorname{mode}.
+
+        When a better subset is found, the logits of the items swapped out and in exchange
+        their values (and their optimizer state), so the distribution keeps its shape and its
+        mode becomes the subset found; training can continue from there.
+
+        Only for a context-free policy (the free logit vector, ``policy="free"``, which
+        ``"auto"`` picks for objectives without observations): a policy that conditions on
+        the context has no single mode to polish.
+
+        Args:
+            budget: Distinct subsets to score (default ``polish_budget``, the env's default;
+                ``subset-rl train --polish``). Each costs ``num_contexts`` reward evaluations.
+            num_contexts: Training contexts the subsets are scored on.
+            progress: Show a progress bar of the evaluations.
+
+        Returns:
+            The search result; ``history.values[0]`` is the mode's value before, ``best_value``
+            the polished mode's (both on the ``num_contexts`` contexts).
+
+        Raises:
+            ValueError: a contextual policy, or ``budget`` / ``num_contexts`` below 1.
+        """
+
+        budget = self.polish_budget if budget is None else budget
+        budget = _positive_int("budget", budget)
+        num_contexts = _positive_int("num_contexts", num_contexts)
+        if not isinstance(self.policy, FreeLogits):
+            raise ValueError(
+                f"polish needs a context-free policy (free logits), found "
+                f"{type(self.policy).__name__}: a policy that conditions on the context has "
+                "no single mode to improve"
+            )
+        with self._threads():
+            return self._polish(budget, num_contexts, progress)
+
+    def _polish(self, budget: int, num_contexts: int, progress: bool) -> OptimizeResult:
+        from subset_rl.optimize import optimize
+
+        objective = self.objective
+        allowed = torch.isfinite(self.logit_mask).nonzero().flatten()
+        n_allowed = int(allowed.numel())
+        ctx = objective.sample_context(num_contexts, generator=self.generator)
+        per_call = max(1, 8192 // num_contexts)
+        full_idx = allowed.to(objective.device)
+
+        def f(zs: Tensor) -> Tensor:  # (m, n_allowed) -> mean reward over the contexts
+            z = torch.zeros(zs.shape[0], self.n, device=objective.device)
+            z[:, full_idx] = zs.to(device=objective.device, dtype=z.dtype)
+            z = z[:, None, :].expand(-1, num_contexts, -1)
+            with torch.no_grad():
+                return objective(z, ctx, validate=False).mean(1).double().cpu()
+
+        param = self.policy.logits
+        logits = param.detach()[allowed.to(param.device)].double().cpu()
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device))
+        result = optimize(
+            f, n_allowed, self.k, budget=budget, batched=True, batch=per_call,
+            device="cpu", seed=seed, progress=progress,
+            options={"explore": 0.0, "logits": logits.numpy()},
+        )
+        if not result.best_value > result.history.values[0]:
+            return result
+        best = allowed[list(result.best_indices)].to(param.device)
+        with torch.no_grad():
+            mode = torch.zeros(self.n, dtype=torch.bool, device=param.device)
+            mode[(param + self.logit_mask.to(param.device)).topk(self.k).indices] = True
+            target = torch.zeros_like(mode)
+            target[best] = True
+            ins = (target & ~mode).nonzero().flatten()
+            outs = (mode & ~target).nonzero().flatten()
+            perm = torch.arange(self.n, device=param.device)
+            perm[ins], perm[outs] = outs, ins
+            param.copy_(param[perm])
+            for buffer in self.optimizer.state.get(param, {}).values():
+                if isinstance(buffer, Tensor) and buffer.shape == param.shape:
+                    buffer.copy_(buffer[perm])
+            top = (param + self.logit_mask.to(param.device)).topk(self.k).indices
+            if not bool(target[top].all()):  # tied logits at the boundary: lift the new ones
+                gap = float(param[target].min() - param[~target & torch.isfinite(
+                    self.logit_mask.to(param.device))].max())
+                param[target] += max(0.0, -gap) + 1e-3
+        return result
+
     def evaluate(self, num_contexts: int = 256, deterministic: bool = True) -> float:
         """Mean reward of the policy on fresh contexts (drawn from a separate generator).
 
@@ -626,6 +735,7 @@ class BaseAgent(abc.ABC):
             "log_interval": self.log_interval,
             "checkpoint_freq": self.checkpoint_freq,
             "torch_threads": self.torch_threads,
+            "polish_budget": self.polish_budget,
             "optimizer": _OPTIMIZER_NAMES.get(self.optimizer_class),
             "env_id": self.env_id,
             "env_kwargs": self.env_kwargs,

@@ -114,6 +114,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
+    return value
+
+
 def _nonnegative_float(text: str) -> float:
     try:
         value = float(text)
@@ -191,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--utility", choices=("reward", "rank"), default=None,
                        help="sfess: rewards as they are (unbiased) or NES rank utilities "
                        "(default: per env; rank on SensorPlacement-v0)")
+    train.add_argument("--polish", type=_nonnegative_int, default=None, metavar="N",
+                       help="native agents with free logits: after training, improve the "
+                       "policy's mode by a swap search of N evaluations on 128 training "
+                       "contexts (0: none; default: per env, 4000 on SensorPlacement-v0)")
     train.add_argument("--n-envs", type=_positive_int, default=None,
                        help=f"ppo/a2c: parallel envs (default {SB3_DEFAULTS['n_envs']})")
     train.add_argument("--env-kwargs", type=_json_object, default=None, metavar="JSON",
@@ -614,7 +628,7 @@ def _sb3_progress(total: int, desc: str) -> Any:
 def _settings(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
     if args.agent in SB3_AGENTS:
         settings = _defaults.sb3_settings(env_id.split(":")[-1], args.agent)
-        for name in ("num_samples", "max_grad_norm"):
+        for name in ("num_samples", "max_grad_norm", "polish"):
             if getattr(args, name) is not None:
                 raise CLIError(f"--{name.replace('_', '-')} applies to the native agents "
                                f"(sfess and the pathwise estimators), not to {args.agent}")
@@ -629,7 +643,7 @@ def _settings(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
     if args.utility is not None and args.agent != "sfess":
         raise CLIError(f"--utility applies to sfess, not to {args.agent}")
     for name in ("steps", "num_samples", "batch_size", "lr", "max_grad_norm", "ent_coef",
-                 "n_envs", "utility"):
+                 "n_envs", "utility", "polish"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
@@ -638,6 +652,8 @@ def _settings(args: argparse.Namespace, env_id: str) -> dict[str, Any]:
 
 def _train_native(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any],
                   settings: dict[str, Any], device: torch.device, logdir: Path) -> Any:
+    import torch
+
     from subset_rl.agents import SFESS, Pathwise
 
     common: dict[str, Any] = {
@@ -653,6 +669,7 @@ def _train_native(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, A
         "env_kwargs": env_kwargs,
         "num_samples": settings["num_samples"],
         "torch_threads": args.threads,
+        "polish_budget": settings["polish"],
     }
     try:
         if args.agent == "sfess":
@@ -662,13 +679,35 @@ def _train_native(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, A
             agent = Pathwise(env_id, estimator=args.agent, **common)
     except (ValueError, TypeError) as err:
         raise CLIError(str(err)) from None
+    if args.polish and args.policy not in ("auto", "free"):  # (a default polish is skipped)
+        raise CLIError(f"--polish needs the free-logit policy (--policy free, or auto on a "
+                       f"context-free env), found --policy {args.policy}")
+    agent.polished_from = None
     try:
         agent.learn(settings["steps"], progress_bar=not args.quiet)
+        if settings["polish"] and _is_free(agent):
+            obs = torch.zeros(1, agent.obs_dim, device=agent.device)
+            with torch.no_grad():
+                before = agent.distribution(obs).mode[0].cpu()
+            if not args.quiet:
+                print(f"polishing the mode: a swap search of {settings['polish']:,} "
+                      "evaluations on 128 training contexts")
+            agent.polish(settings["polish"], progress=not args.quiet)
+            agent.polished_from = before
+        elif settings["polish"] and args.polish:
+            raise CLIError(f"--polish needs the free-logit policy; {env_id} is contextual, so "
+                           f"--policy auto built {type(agent.policy).__name__}")
     except KeyboardInterrupt:
         print(f"\ninterrupted after {agent.num_steps} steps; evaluating the policy so far",
               file=sys.stderr)
     agent.save(logdir / "model.pt")
     return agent
+
+
+def _is_free(agent: Any) -> bool:
+    from subset_rl.agents.policies import FreeLogits
+
+    return isinstance(agent.policy, FreeLogits)
 
 
 def _train_sb3(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, Any],
@@ -882,10 +921,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         objective = model.objective
         act = _native_act(model)
         trained = (f"{model.num_steps:,} steps ({model.num_timesteps:,} reward evaluations)")
+        if model.polished_from is not None:
+            trained += f", then a {settings['polish']:,}-evaluation swap polish"
         checkpoint = logdir / "model.pt"
     train_seconds = time.perf_counter() - t0
-    label = f"{_policy_label(args.agent)} (trained)"
+    polished_from = None if sb3_agent else model.polished_from
+    label = f"{_policy_label(args.agent)} (trained"
+    label += " + swap polish)" if polished_from is not None else ")"
     result = evaluate(objective, act, label, args.eval_contexts)
+    if polished_from is not None:  # the policy's mode before polishing, on the same contexts
+        z = polished_from.float().expand(1, result.context.batch_size, -1)
+        name = f"{_policy_label(args.agent)} (trained, before polish)"
+        result.rows.insert(1, Row(name, *_score(objective, z, result.context)))
     times = [("training", train_seconds), ("evaluation", result.seconds),
              ("setup", setup), ("in all", time.perf_counter() - start)]
     header = _header(env_id, objective, args.agent, trained, args.seed, device,

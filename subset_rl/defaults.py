@@ -8,8 +8,9 @@ defaults here, so ``SFESS("subset_rl/SensorPlacement-v0").learn(1500)`` trains w
 
 Settings use the CLI's names: ``steps`` (gradient steps of the native agents, environment steps
 of PPO/A2C), ``num_samples``, ``batch_size``, ``lr`` (the agents' ``learning_rate``),
-``max_grad_norm``, ``ent_coef``, ``utility`` (SFESS: ``"reward"`` or ``"rank"``); PPO/A2C add
-``n_envs`` and ``n_steps``.
+``max_grad_norm``, ``ent_coef``, ``utility`` (SFESS: ``"reward"`` or ``"rank"``), ``polish``
+(evaluations of :meth:`~subset_rl.agents.base.BaseAgent.polish` after training, 0: none; the
+agents' ``polish_budget``); PPO/A2C add ``n_envs`` and ``n_steps``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ alone.
 
 NATIVE_DEFAULTS: dict[str, Any] = {
     "steps": 500, "num_samples": 16, "batch_size": 16, "lr": 1e-2,
-    "max_grad_norm": None, "ent_coef": 0.0, "utility": "reward",
+    "max_grad_norm": None, "ent_coef": 0.0, "utility": "reward", "polish": 0,
 }
 """Settings of the native agents (``sfess`` and the pathwise estimators) on any env."""
 
@@ -51,9 +52,11 @@ RECOMMENDED: dict[str, dict[str, Any]] = {
     # placement has a relative error in the hundreds): NES rank utilities per snapshot, 64
     # placements ranked on each of 2 snapshots per step. Measured with
     # benchmarks/bench_agent_sensor.py (table in benchmarks/README.md).
+    # Then 4,000 swap-polishing evaluations of the mode (BaseAgent.polish), each on the same
+    # 128 training contexts.
     "subset_rl/SensorPlacement-v0": {
         "steps": 2500, "num_samples": 64, "batch_size": 2, "lr": 0.05,
-        "max_grad_norm": None, "ent_coef": 0.0, "utility": "rank",
+        "max_grad_norm": None, "ent_coef": 0.0, "utility": "rank", "polish": 4000,
     },
     # An MLP on the query and its candidates.
     "subset_rl/KNNVoting-v0": {"lr": 1e-3},

@@ -26,7 +26,10 @@ Method options (``optimize(..., options={...})``):
   brings no new subset), ``step`` (``"cem"``; ``"adam"``, ``"natural"``), ``population`` (64,
   CEM samples per request), ``elite_frac`` (0.1), ``smoothing`` (0.7), ``lr`` (0.2, Adam),
   ``kl_step`` (0.1, natural gradient: trust region as a share of the entropy), ``learn_swaps``
-  (True: rank swaps by gains fitted online). Measured in ``benchmarks/bench_search.py``.
+  (True: rank swaps by gains fitted online), ``logits`` (``None``; a warm start: ``n`` finite
+  logits, e.g. a trained policy's, whose mode is evaluated first and from which phase 1 starts
+  and phase 2 ranks its swaps; with ``explore=0`` the run is a swap search from that mode).
+  Measured in ``benchmarks/bench_search.py``.
 * ``sfess``: ``lr`` (0.2, Adam step on the logits), ``baseline`` (``"loo"`` or ``"none"``).
   Small requests (8 samples) give many gradient steps per budget; tuned with
   ``examples/compare_optimizers.py`` (8 samples / lr 0.2 beat 16 / 0.5 and 32 / 0.1 there).
@@ -477,14 +480,16 @@ def run_hybrid(run: Run) -> np.ndarray:
             f"samples: the hybrid method's {step!r} step ranks the samples of a request and "
             f"needs samples >= 2, found {m}"
         )
-    logits = torch.zeros(n, dtype=run.dtype, device=run.device)
+    logits = _warm_logits(opts["logits"], n, run)
     if k == n:
         ev.evaluate(np.ones((1, n), dtype=np.int8))
         ev.stop("only one subset exists (k = n)")
         return np.ones(n)
+    if opts["logits"] is not None:  # a warm start: its mode first
+        ev.evaluate(KSubsetPolicy(logits, k, validate_args=False).mode[None])
     adam = None
     if step == "adam":
-        param = torch.zeros_like(logits, requires_grad=True)
+        param = logits.clone().requires_grad_(True)
         adam = torch.optim.Adam([param], lr=float(opts["lr"]))
     # ---------------------------------------------------------------- phase 1: learn
     while not ev.done and ev.fraction_used < explore:
@@ -512,6 +517,30 @@ def run_hybrid(run: Run) -> np.ndarray:
     # ---------------------------------------------------------------- phase 2: swap polishing
     _swap_search(run, logits.detach().cpu().numpy().astype(np.float64))
     return marg
+
+
+def _warm_logits(given: Any, n: int, run: Run) -> torch.Tensor:
+    """The hybrid's starting logits: zeros, or the ``logits`` option checked and centred."""
+    if given is None:
+        return torch.zeros(n, dtype=run.dtype, device=run.device)
+    try:
+        arr = np.asarray(
+            given.detach().cpu().numpy() if isinstance(given, torch.Tensor) else given,
+            dtype=np.float64,
+        )
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"options['logits']: expected n = {n} real numbers, found {type(given).__name__}"
+        ) from e
+    if arr.shape != (n,):
+        raise ValueError(f"options['logits']: expected shape ({n},), found {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(
+            f"options['logits']: expected finite values, found {int((~np.isfinite(arr)).sum())}"
+            " non-finite"
+        )
+    out = torch.as_tensor(arr - arr.mean(), dtype=run.dtype, device=run.device)
+    return out
 
 
 def _natural_step(
@@ -743,6 +772,7 @@ METHODS: dict[str, MethodSpec] = {
             "lr": 0.2,
             "kl_step": 0.1,
             "learn_swaps": True,
+            "logits": None,
         },
         "learn a KSubsetPolicy (CEM / Adam / natural gradient), then swap polishing",
     ),
