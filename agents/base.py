@@ -135,10 +135,14 @@ class BaseAgent(abc.ABC):
             (default :data:`subset_rl.defaults.TORCH_THREADS`, 1, as the CLI: these small steps
             run fastest on one thread); the caller's setting is restored when they return.
             ``None`` leaves torch's setting alone.
+        polish_budget: evaluations that :meth:`polish` spends when called without a budget
+            (``None``: the default for this env, 4,000 on ``SensorPlacement-v0``, else 0).
+            :meth:`learn` never polishes; ``subset-rl train`` calls :meth:`polish` after it
+            when this is positive and the policy is the free logit vector.
 
     The defaults of ``batch_size``, ``learning_rate`` and ``max_grad_norm`` come from
     :mod:`subset_rl.defaults`, the same values ``subset-rl train`` uses for an env id (for
-    example ``lr=0.1, batch_size=4, max_grad_norm=1`` on ``subset_rl/SensorPlacement-v0``).
+    example ``lr=0.05, batch_size=2`` and no clipping on ``subset_rl/SensorPlacement-v0``).
     """
 
     _agent_name: str = "sfess"
@@ -256,7 +260,6 @@ class BaseAgent(abc.ABC):
             "max_grad_norm": self.max_grad_norm,
             "seed": -1 if self.seed is None else self.seed,
             "device": str(self.device),
-            "polish_budget": self.polish_budget,
         }
 
     # ------------------------------------------------------------------ the policy

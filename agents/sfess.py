@@ -90,6 +90,7 @@ class SFESS(BaseAgent):
 
     def hyperparameters(self) -> dict[str, Any]:
         return super().hyperparameters() | {
+            "polish_budget": self.polish_budget,
             "num_samples": self.num_samples,
             "baseline": self.baseline,
             "sampler": self.sampler,

@@ -3,7 +3,10 @@
 Trains :class:`subset_rl.agents.SFESS` with several settings for the same number of gradient
 steps (so the same number of objective evaluations), side by side in one process, and reports the
 mean held-out reward of the policy's mode (256 contexts, the CLI's evaluation) next to QR
-pivoting's, with the wall time of each run. ``make demo`` uses the row marked ``cli``.
+pivoting's, with the wall time of each run. ``make demo`` uses the row marked ``cli``: its
+training, then :meth:`~subset_rl.agents.base.BaseAgent.polish` with the default budget; the
+rows ``+ polish B`` polish the same trained policy (reloaded from a checkpoint) with other
+budgets, so the polish's gain is measured on the same runs.
 
     python benchmarks/bench_agent_sensor.py --seeds 6
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
 
 import numpy as np
@@ -41,24 +45,42 @@ def settings() -> dict[str, dict]:
     return out
 
 
+POLISH_BUDGETS = (1000, 2000, 8000)
+"""Other polish budgets tried on the trained policies of the ``cli`` row."""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=6)
     args = p.parse_args()
+    tmp = tempfile.TemporaryDirectory()
     torch.set_num_threads(1)
     print(f"# torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs,"
           f" 1 torch thread; {ENV}; mean held-out reward of the mode over 256 contexts")
     qr = None
-    rows = []
     for name, cfg in settings().items():
         cfg = dict(cfg)
         steps = cfg.pop("steps")
         vals, secs = [], []
         lr = cfg.pop("lr")
+        polish = cfg.pop("polish", 0)
+        extra: dict[int, list[tuple[float, float]]] = {0: []} | {b: [] for b in POLISH_BUDGETS}
         for seed in range(args.seeds):
             start = time.perf_counter()
-            agent = SFESS(ENV, seed=seed, device="cpu", learning_rate=lr, **cfg)
+            agent = SFESS(ENV, seed=seed, device="cpu", learning_rate=lr, polish_budget=polish,
+                          **cfg)
             agent.learn(steps)
+            if polish:
+                extra[0].append((agent.evaluate(), 0.0))
+                path = os.path.join(tmp.name, f"trained_{seed}.pt")
+                agent.save(path)
+                for budget in POLISH_BUDGETS:
+                    other = SFESS.load(path, device="cpu")
+                    t0 = time.perf_counter()
+                    other.polish(budget)
+                    extra[budget].append((other.evaluate(), time.perf_counter() - t0))
+            if polish:
+                agent.polish()
             vals.append(agent.evaluate())
             secs.append(time.perf_counter() - start)
             if qr is None:
@@ -67,10 +89,16 @@ def main() -> None:
                 ctx = obj.sample_context(256, gen)
                 z = torch.as_tensor(obj.qr_placement(), dtype=torch.float32).expand(1, 256, -1)
                 qr = float(obj(z, ctx, validate=False).mean())
-        rows.append((name, steps, np.mean(vals), np.min(vals), np.mean(secs)))
-        print(f"{name:28s} steps {steps:5d}: mean {np.mean(vals):.4f} (worst seed "
+        label = f"{name} + polish {polish}" if polish else name
+        print(f"{label:40s} steps {steps:5d}: mean {np.mean(vals):.4f} (worst seed "
               f"{np.min(vals):.4f}), {np.mean(secs):.1f} s per run", flush=True)
-    print(f"{'QR pivoting':28s}             {qr:.4f}")
+        for budget, got in extra.items():
+            if got:
+                v = [x for x, _ in got]
+                what = f"  same runs + polish {budget}" if budget else "  same runs before polish"
+                print(f"{what:40s}            mean {np.mean(v):.4f} (worst seed {np.min(v):.4f})"
+                      f", polish {np.mean([t for _, t in got]):.1f} s", flush=True)
+    print(f"{'QR pivoting':40s}             {qr:.4f}")
 
 
 if __name__ == "__main__":

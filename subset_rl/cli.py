@@ -682,6 +682,9 @@ def _train_native(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, A
     if args.polish and args.policy not in ("auto", "free"):  # (a default polish is skipped)
         raise CLIError(f"--polish needs the free-logit policy (--policy free, or auto on a "
                        f"context-free env), found --policy {args.policy}")
+    if args.polish and not _is_free(agent):
+        raise CLIError(f"--polish needs the free-logit policy; {env_id} is contextual, so "
+                       f"--policy auto built {type(agent.policy).__name__}")
     agent.polished_from = None
     try:
         agent.learn(settings["steps"], progress_bar=not args.quiet)
@@ -694,9 +697,6 @@ def _train_native(args: argparse.Namespace, env_id: str, env_kwargs: dict[str, A
                       "evaluations on 128 training contexts")
             agent.polish(settings["polish"], progress=not args.quiet)
             agent.polished_from = before
-        elif settings["polish"] and args.polish:
-            raise CLIError(f"--polish needs the free-logit policy; {env_id} is contextual, so "
-                           f"--policy auto built {type(agent.policy).__name__}")
     except KeyboardInterrupt:
         print(f"\ninterrupted after {agent.num_steps} steps; evaluating the policy so far",
               file=sys.stderr)

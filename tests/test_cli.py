@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def test_train_sensor_placement_then_eval(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     logdir = tmp_path / "run"
     code, out, err = run(capsys, "train", "subset_rl/SensorPlacement-v0", "--steps", "20",
-                         "--logdir", str(logdir), "--eval-contexts", "32", "--quiet")
+                         "--logdir", str(logdir), "--eval-contexts", "32", "--quiet",
+                         "--polish", "0")
     assert code == 0, err
     assert rows(out) == ["SFESS (trained)", "QR pivoting", "random k-subset (mean of 32)"]
     name, reward = policy_row(out)
@@ -102,6 +104,26 @@ def test_train_sensor_placement_then_eval(tmp_path, capsys):
     assert policy_row(out2) == (name, reward)
     assert rows(out2) == rows(out)
     assert_png(logdir / "model_selection.png")
+
+
+def test_train_with_swap_polish_shows_the_mode_before_and_after(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "subset_rl/SensorPlacement-v0", "--steps", "60",
+                         "--num-samples", "16", "--polish", "300", "--logdir", str(logdir),
+                         "--eval-contexts", "32", "--quiet", "--no-plot")
+    assert code == 0, err
+    assert rows(out) == ["SFESS (trained + swap polish)", "SFESS (trained, before polish)",
+                         "QR pivoting", "random k-subset (mean of 32)"]
+    assert "then a 300-evaluation swap polish" in out
+    values = [float(v) for v in re.findall(r"^  SFESS \(trained.+?\s{2,}(-?\d+\.\d+) ±", out,
+                                            re.M)]
+    assert len(values) == 2 and values[0] > values[1]  # better on held-out contexts too
+    run_json = json.loads((logdir / "run.json").read_text())
+    assert run_json["settings"]["polish"] == 300
+    code, out2, err = run(capsys, "eval", str(logdir / "model.pt"), "--eval-contexts", "32",
+                          "--quiet", "--no-plot")
+    assert code == 0, err
+    assert policy_row(out2)[1] == values[0]  # the saved model is the polished one
 
 
 def test_train_knn_with_progress_bar_and_eval_of_the_run_folder(tmp_path, capsys):
@@ -180,6 +202,20 @@ BAD = {
     "bad env kwargs": (["train", "clitest/Overlap-v0", "--env-kwargs", "[1]"], "JSON object"),
     "nan entropy coefficient": (
         ["train", "clitest/Overlap-v0", "--ent-coef", "nan"], "expected a finite number >= 0"
+    ),
+    "negative polish budget": (
+        ["train", "clitest/Overlap-v0", "--polish", "-1"], "expected an integer >= 0"
+    ),
+    "polish with an mlp policy": (
+        ["train", "subset_rl/SensorPlacement-v0", "--polish", "10", "--policy", "mlp"],
+        "--polish needs the free-logit policy",
+    ),
+    "polish on a contextual env": (
+        ["train", "subset_rl/KNNVoting-v0", "--polish", "10"], "is contextual",
+    ),
+    "polish with ppo": (
+        ["train", "clitest/Overlap-v0", "--agent", "ppo", "--polish", "4"],
+        "--polish applies to the native agents",
     ),
     "negative entropy coefficient": (
         ["train", "clitest/Overlap-v0", "--ent-coef", "-1"], "expected a finite number >= 0"

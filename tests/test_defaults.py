@@ -37,8 +37,10 @@ def test_sensor_placement_defaults_are_the_tuned_ones() -> None:
     agent = SFESS(SENSORS, device="cpu")
     assert (agent.batch_size, agent.learning_rate, agent.max_grad_norm) == (2, 0.05, math.inf)
     assert (agent.num_samples, agent.ent_coef, agent.utility) == (64, 0.0, "rank")
+    assert agent.polish_budget == 4000
     other = SFESS(BlackBoxObjective(lambda z: float(z[0]), n=5, k=2), device="cpu")
     assert (other.num_samples, other.ent_coef, other.utility) == (16, 0.0, "reward")
+    assert other.polish_budget == 0
     assert cli.RECOMMENDED is defaults.RECOMMENDED  # the old import path still works
 
 
