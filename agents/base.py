@@ -629,7 +629,13 @@ class BaseAgent(abc.ABC):
             ValueError: a contextual policy, or ``budget`` / ``num_contexts`` below 1.
         """
 
-        budget = self.polish_budget if budget is None else budget
+        if budget is None:
+            if not self.polish_budget:
+                raise ValueError(
+                    "polish: no budget given and this agent's polish_budget is 0 (the default "
+                    "outside the tuned envs); call polish(budget=N) or set polish_budget"
+                )
+            budget = self.polish_budget
         budget = _positive_int("budget", budget)
         num_contexts = _positive_int("num_contexts", num_contexts)
         if not isinstance(self.policy, FreeLogits):

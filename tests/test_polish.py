@@ -130,7 +130,7 @@ def test_polish_rejects_bad_input(device):
         agent.polish(budget=0)
     with pytest.raises(TypeError, match="num_contexts must be an int"):
         agent.polish(budget=10, num_contexts=2.5)
-    with pytest.raises(ValueError, match="budget must be an int >= 1, found 0"):
+    with pytest.raises(ValueError, match="no budget given and this agent's polish_budget is 0"):
         agent.polish()  # polish_budget defaults to 0 outside the tuned envs
     with pytest.raises(ValueError, match="polish_budget must be an int >= 0, found -1"):
         SFESS(_objective(0, device), num_samples=4, polish_budget=-1)
