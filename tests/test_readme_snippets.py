@@ -27,7 +27,8 @@ TIMEOUT = 240.0
 #: Smaller sizes for the long snippets: (a text the block contains, [(old, new), ...]).
 REDUCED: list[tuple[str, list[tuple[str, str]]]] = [
     ('SFESS("mypkg/Coverage-v0"', [(".learn(300)", ".learn(30)")]),
-    ('SFESS("subset_rl/SensorPlacement-v0"', [("agent.learn(1500", "agent.learn(30")]),
+    ('SFESS("subset_rl/SensorPlacement-v0"', [("agent.learn(2500", "agent.learn(30"),
+                                              ("agent.polish()", "agent.polish(50)")]),
     ("subset_rl/FeatureAcquisition-v0\", n_envs=8",
      [("model.learn(20_000", "model.learn(2_048")]),
     ("from sb3_contrib import TRPO", [("model.learn(2048", "model.learn(256"),
