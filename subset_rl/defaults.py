@@ -3,8 +3,9 @@
 The native agents (:class:`~subset_rl.agents.SFESS` and the pathwise estimators), the CLI's
 ``train`` command, :func:`subset_rl.sb3.ppo_kwargs` and the CLI's PPO/A2C runs all read their
 defaults here, so ``SFESS("subset_rl/SensorPlacement-v0").learn(2500).polish()`` does what
-``subset-rl train subset_rl/SensorPlacement-v0`` does, with the settings it prints. Measurements behind the values are in
-``benchmarks/README.md`` (``bench_threads.py`` for :data:`TORCH_THREADS`).
+``subset-rl train subset_rl/SensorPlacement-v0`` does, with the settings it prints.
+Measurements behind the values are in ``benchmarks/README.md`` (``bench_threads.py`` for
+:data:`TORCH_THREADS`).
 
 Settings use the CLI's names: ``steps`` (gradient steps of the native agents, environment steps
 of PPO/A2C), ``num_samples``, ``batch_size``, ``lr`` (the agents' ``learning_rate``),
