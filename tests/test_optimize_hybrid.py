@@ -221,3 +221,31 @@ def test_flat_objective_one_below_the_support_uses_the_whole_budget(n, k):
     budget = math.comb(n, k) - 1
     res = optimize(lambda z: 1.0, n, k, budget=budget, seed=0, progress=False)
     assert res.n_evaluations == budget
+
+
+def test_restarts_on_stagnation_cross_between_trap_basins():
+    """Kicks of a few swaps cannot move a whole block of the trap; restarts can (fixed seeds)."""
+    ratios = {3: [], 0: []}
+    notes = []
+    for seed in range(8):
+        trap = DeceptiveTrap(20, block=4, seed=seed)
+        for restart in ratios:
+            res = optimize(trap, 20, 8, budget=2000, seed=seed, progress=False,
+                           options={"restart": restart})
+            assert res.n_evaluations == 2000
+            ratios[restart].append(res.best_value / trap.optimum(8))
+            if restart:
+                notes.append(res.message)
+            else:
+                assert "restarts" not in res.message
+    # measured: mean 0.9772 with restarts, 0.9691 without; better on 5 seeds, equal on 3
+    assert np.mean(ratios[3]) > np.mean(ratios[0]) + 0.004
+    assert sum(a > b for a, b in zip(ratios[3], ratios[0], strict=True)) >= 4
+    assert any("restarts from random subsets after stagnation" in m for m in notes)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "3", True])
+def test_restart_option_is_checked(bad):
+    with pytest.raises(ValueError, match=r"options\['restart'\]: expected an int >= 0 or None"):
+        optimize(lambda z: float(z[0]), 10, 3, budget=20, progress=False,
+                 options={"restart": bad})

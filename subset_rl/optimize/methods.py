@@ -28,7 +28,9 @@ Method options (``optimize(..., options={...})``):
   ``kl_step`` (0.1, natural gradient: trust region as a share of the entropy), ``learn_swaps``
   (True: rank swaps by gains fitted online), ``logits`` (``None``; a warm start: ``n`` finite
   logits, e.g. a trained policy's, whose mode is evaluated first and from which phase 1 starts
-  and phase 2 ranks its swaps; with ``explore=0`` the run is a swap search from that mode).
+  and phase 2 ranks its swaps; with ``explore=0`` the run is a swap search from that mode),
+  ``restart`` (3: a new local search from a uniformly random subset once that many full cycles
+  of kick sizes found nothing better than the current local optimum; ``0``/``None``: never).
   Measured in ``benchmarks/bench_search.py``.
 * ``sfess``: ``lr`` (0.2, Adam step on the logits), ``baseline`` (``"loo"`` or ``"none"``).
   Small requests (8 samples) give many gradient steps per budget; tuned with
@@ -444,7 +446,9 @@ def run_hybrid(run: Run) -> np.ndarray:
     one-out-one-in swaps proposed without repetition, ranked by the phase-1 logits plus an
     additive model of the swap gains fitted online (``learn_swaps``), ``samples`` per request;
     the best improving swap (or the combination of all disjoint improving swaps, when it is
-    better) is taken; a local optimum is left by random kicks whose size grows while they fail.
+    better) is taken; a local optimum is left by random kicks whose size grows while they fail,
+    and after ``restart`` full cycles of kick sizes without improvement the search starts again
+    from a uniformly random subset (the best subset so far is kept by the run, never lost).
 
     Why: a distribution over subsets finds the good region with few evaluations and no
     assumption on ``f`` (phase 1), and swaps exploit the structure greedy exploits (what an
@@ -470,6 +474,13 @@ def run_hybrid(run: Run) -> np.ndarray:
         v = opts[name]
         if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
             raise ValueError(f"options[{name!r}]: expected a positive number, found {v!r}")
+    restart = opts["restart"]
+    if restart is not None and (
+        isinstance(restart, bool) or not isinstance(restart, int) or restart < 0
+    ):
+        raise ValueError(
+            f"options['restart']: expected an int >= 0 or None, found {restart!r}"
+        )
     population = opts["population"]
     if isinstance(population, bool) or not isinstance(population, int) or population < 2:
         raise ValueError(f"options['population']: expected an int >= 2, found {population!r}")
@@ -585,7 +596,11 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
     has been tried without improvement (a local optimum, confirmed at a cost of at most
     ``k (n - k)`` evaluations, fewer when some are cached), a kick of random swaps restarts the
     search from the best local optimum so far; the kick grows by one swap after each kick that
-    found nothing better (variable neighbourhood search), up to ``min(k, n - k) / 2``.
+    found nothing better (variable neighbourhood search), up to ``min(k, n - k) / 2``. After
+    ``restart`` full cycles of kick sizes without a better local optimum, the anchor is dropped
+    and a new local search starts from a uniformly random subset (iterated local search with
+    restarts on stagnation: kicks of a few swaps cannot cross between basins that differ in
+    many items at once, such as the blocks of :class:`~.objectives.DeceptiveTrap`).
     """
     ev, n, k, rng, m = run.ev, run.n, run.k, run.rng, run.samples
     spread = float(scores.std())
@@ -603,7 +618,10 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
     tried_o: list[int] = []
     tried_i: list[int] = []
     pos = np.zeros(n, dtype=np.int64)  # row of an item in outs, column of an item in ins
-    kicks, strength = 0, 2
+    kicks, strength, failed, restarts = 0, 2, 0, 0
+    max_strength = max(2, min(k, n - k) // 2)
+    # restart after `restart` full cycles of kick sizes 2..max_strength found nothing better
+    restart = (run.options["restart"] or 0) * (max_strength - 1)
     # additive model of a swap's gain, gain(o -> i) ~ gain_in[i] + gain_out[o], fitted online
     learn = bool(run.options["learn_swaps"])
     gain_in, gain_out, scale = np.zeros(n), np.zeros(n), 0.0
@@ -623,15 +641,21 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
         open_ = int(np.isfinite(prio).sum())
         if open_ == 0:  # local optimum: kick (variable neighbourhood: larger after failures)
             if f_cur > f_anchor:
-                anchor, f_anchor, strength = current.copy(), f_cur, 2
+                anchor, f_anchor, strength, failed = current.copy(), f_cur, 2, 0
             else:
-                strength = strength + 1 if strength < max(2, min(k, n - k) // 2) else 2
+                strength = strength + 1 if strength < max_strength else 2
+                failed += 1
             kicks += 1
-            current = anchor.copy()
-            for _ in range(min(strength, k, n - k)):
-                o = rng.choice(np.flatnonzero(current))
-                i = rng.choice(np.flatnonzero(~current))
-                current[o], current[i] = False, True
+            if restart and failed >= restart:  # stagnation: a new local search, random start
+                failed, strength, restarts = 0, 2, restarts + 1
+                current = _uniform_subsets(rng, n, k, 1)[0].astype(bool)
+                anchor, f_anchor = current.copy(), -np.inf
+            else:
+                current = anchor.copy()
+                for _ in range(min(strength, k, n - k)):
+                    o = rng.choice(np.flatnonzero(current))
+                    i = rng.choice(np.flatnonzero(~current))
+                    current[o], current[i] = False, True
             hit = ev.cache.get(tuple(int(x) for x in np.flatnonzero(current)))
             if hit is None:
                 req = ev.evaluate(current[None].astype(np.int8))
@@ -707,6 +731,8 @@ def _swap_search(run: Run, scores: np.ndarray) -> None:
         tried_o, tried_i = [], []
     if kicks:
         run.notes.append(f"swap search: {kicks} local optima left by random kicks")
+    if restarts:
+        run.notes.append(f"{restarts} restarts from random subsets after stagnation")
 
 
 # ---------------------------------------------------------------------- QR pivoting
@@ -773,6 +799,7 @@ METHODS: dict[str, MethodSpec] = {
             "kl_step": 0.1,
             "learn_swaps": True,
             "logits": None,
+            "restart": 3,
         },
         "learn a KSubsetPolicy (CEM / Adam / natural gradient), then swap polishing",
     ),
