@@ -550,8 +550,7 @@ def _warm_logits(given: Any, n: int, run: Run) -> torch.Tensor:
             f"options['logits']: expected finite values, found {int((~np.isfinite(arr)).sum())}"
             " non-finite"
         )
-    out = torch.as_tensor(arr - arr.mean(), dtype=run.dtype, device=run.device)
-    return out
+    return torch.as_tensor(arr - arr.mean(), dtype=run.dtype, device=run.device)
 
 
 def _natural_step(
